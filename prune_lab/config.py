@@ -1,0 +1,109 @@
+"""From Hydra's composed config to typed objects: the only module that touches a DictConfig.
+
+Everything a run needs is instantiated and validated here, before any data is loaded or any step is
+trained, so a bad value stops the run with one clear message and no results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from prune_lab.data.splits import DataInfo, Splits
+from prune_lab.errors import UserError
+from prune_lab.init import Initializer
+from prune_lab.masks import PrunableSelection
+from prune_lab.pruners.base import Pruner, check_sparsity
+from prune_lab.training import TrainSettings
+
+GROUPS = ("dataset", "model", "init", "pruner", "train")
+# Settings that say where things are or how often to save, not what is computed: a run done with
+# another value of them is the same experiment, so they stay out of the config hash.
+NOT_HASHED = (("dataset", "data_dir"), ("dataset", "download"), ("train", "checkpoint_every_s"),
+              ("keep_checkpoints",), ("cache_dir",))
+
+
+class Dataset(Protocol):
+    def load(self) -> Splits: ...
+
+
+ModelFactory = Callable[[DataInfo], nn.Module]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    seed: int
+    sparsity: float
+    device: str
+    dataset: Dataset
+    model: ModelFactory
+    init: Initializer
+    pruner: Pruner
+    train: TrainSettings
+    prunable: PrunableSelection
+    keep_checkpoints: bool
+    choices: Mapping[str, str]  # option chosen in each config group, e.g. {"init": "xavier_normal"}
+    config: Mapping[str, Any]  # the resolved config as plain data (recorded in results.json)
+    config_hash: str
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 of the resolved config minus location/bookkeeping keys, 16 hex digits."""
+    trimmed = json.loads(json.dumps(config))
+    for path in NOT_HASHED:
+        node = trimmed
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_seed(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"seed={value!r} must be an integer, e.g. seed=0 or seed=0,1,2 with -m")
+    return value
+
+
+def _instantiate(node: DictConfig, group: str) -> Any:
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        reason = e.__cause__ or e
+        raise UserError(f"{group}: cannot build {node.get('_target_')}: {reason}") from e
+
+
+def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
+    seed = check_seed(cfg.get("seed"))
+    sparsity = check_sparsity(cfg.get("sparsity"))
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"device={device!r} must be auto, cpu, cuda or cuda:N")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    objects = {group: _instantiate(cfg[group], group) for group in GROUPS}
+    prunable = PrunableSelection(**config.get("prunable", {}))
+    return RunSpec(
+        seed=seed,
+        sparsity=sparsity,
+        device=device,
+        prunable=prunable,
+        keep_checkpoints=bool(cfg.get("keep_checkpoints", False)),
+        choices={g: choices.get(g, "?") for g in (*GROUPS, "experiment") if choices.get(g) is not None},
+        config=config,
+        config_hash=config_hash(config),
+        **objects,
+    )

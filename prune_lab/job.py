@@ -1,0 +1,134 @@
+"""A `Job` is one run as a pruner sees it: the model, its mask, the data, and resumable training phases.
+
+Pruners drive a job: `train` a named phase, `set_mask`, `rewind` or `reinitialize` survivors, and
+`evaluate` a level. Each finished phase is stored; rerunning the same pruner code replays finished
+phases from the store instead of training them again (OpenLTH's "skip what exists"), and a phase cut
+short resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prune_lab.data.splits import Splits
+from prune_lab.evaluation import Level, evaluate, measure_level
+from prune_lab.init import Initializer
+from prune_lab.masks import Mask
+from prune_lab.seeding import generator
+from prune_lab.storage import PhaseStore
+from prune_lab.training import LossFn, StepHook, TrainSettings, cross_entropy, train
+
+State = dict[str, Tensor]
+
+
+def copy_state(model: nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Job:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Splits,
+        settings: TrainSettings,
+        prunable: list[str],
+        init: Initializer,
+        seed: int,
+        store: PhaseStore,
+        log: Callable[[dict[str, Any]], None] = lambda record: None,
+    ):
+        self.model, self.data, self.settings = model, data, settings
+        self.prunable, self.init, self.seed, self.store, self.log = prunable, init, seed, store, log
+        self.mask = Mask.ones(model, prunable)
+        self.initial_state = copy_state(model)  # the rewinding target of the Lottery Ticket procedure
+        self.levels: list[Level] = []
+        self.history: list[dict[str, Any]] = []
+        self._phases: set[str] = set()
+
+    # --- what pruners read -------------------------------------------------------------------------
+    def weights(self) -> dict[str, Tensor]:
+        """The prunable weight tensors by name (live, detached views)."""
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach() for n in self.prunable}
+
+    def generator(self, *purpose: object) -> torch.Generator:
+        """A reproducible random stream for one purpose (e.g. "random-pruner", round)."""
+        return generator(self.seed, *purpose)
+
+    # --- what pruners do ---------------------------------------------------------------------------
+    def train(self, phase: str, epochs: int, *, on_step: StepHook | None = None,
+              loss_fn: LossFn = cross_entropy) -> None:
+        """Train the masked model for `epochs` epochs as phase `phase` (unique within a run)."""
+        if phase in self._phases:
+            raise ValueError(f"phase {phase!r} trained twice in one run; give each phase its own name")
+        self._phases.add(phase)
+        done = self.store.load(phase, "done")
+        if done is not None:  # finished in an earlier attempt: replay its outcome, train nothing
+            self.model.load_state_dict(done["model"])
+            self.mask = Mask.from_state_dict(done["mask"], self._device())
+            self.history += done["history"]
+            self.log({"phase": phase, "event": "restored"})
+            return
+        result = train(
+            self.model, self.mask, self.data, self.settings, epochs, seed=self.seed, phase=phase, on_step=on_step,
+            loss_fn=loss_fn, resume=self.store.load(phase, "partial"),
+            save=lambda state: self.store.save(phase, "partial", state), log=self.log,
+        )
+        self.mask = result.mask
+        self.history += result.history
+        self.store.save(phase, "done", {"model": self.model.state_dict(), "mask": self.mask.state_dict(),
+                                        "history": result.history})
+        self.store.drop(phase, "partial")
+
+    def set_mask(self, mask: Mask) -> None:
+        mask.check_fits(self.model)
+        self.mask = mask
+        mask.apply_(self.model)
+
+    def rewind(self, state: State, only_prunable: bool = False) -> None:
+        """Load saved values (e.g. `initial_state`) into the model, then re-apply the mask."""
+        if only_prunable:
+            current = self.model.state_dict()
+            state = {**current, **{n: state[n] for n in self.prunable}}
+        self.model.load_state_dict(copy.deepcopy(state))
+        self.mask.apply_(self.model)
+
+    def reinitialize(self, *stream: object) -> None:
+        """A fresh draw of every weight from the run's init scheme (a stream apart from the original), masked."""
+        self.init(self.model, self.generator("reinit", *stream))
+        self.mask.apply_(self.model)
+
+    def save_snapshot(self, name: str) -> None:
+        """Persist the current weights (e.g. for late rewinding) so a resumed run finds them."""
+        self.store.save(name, "snapshot", {"model": copy_state(self.model)})
+
+    def load_snapshot(self, name: str) -> State:
+        snap = self.store.load(name, "snapshot")
+        if snap is None:
+            raise KeyError(f"no snapshot {name!r}: save_snapshot it before loading")
+        return {k: v.to(self._device()) for k, v in snap["model"].items()}
+
+    def evaluate(self, name: str, target_sparsity: float, **extra: Any) -> Level:
+        """Measure the model now and record it as a level of the run's results."""
+        batch = self.settings.eval_batch_size
+        level = measure_level(
+            self.model, self.prunable, name, target_sparsity,
+            test=evaluate(self.model, self.data.test, batch), val=evaluate(self.model, self.data.val, batch),
+            **extra,
+        )
+        self.levels.append(level)
+        self.log({"level": name, "sparsity": level.sparsity, "test_acc": level.test_acc,
+                  "test_loss": level.test_loss})
+        return level
+
+    def score_test(self) -> dict[str, float]:
+        s = evaluate(self.model, self.data.test, self.settings.eval_batch_size)
+        return {"test_acc": s.acc, "test_loss": s.loss}
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device

@@ -1,0 +1,77 @@
+"""Convolutional networks: LeNet-5, and the VGG-style Conv-2/4/6 of Frankle & Carbin (2019, Table 1).
+
+Conv-N: N 3x3 convolutions ("same" padding) in pairs of 64, 128, 256 channels, each pair followed by a
+2x2 max-pool, then fully connected 256-256-classes. On 32x32x3 inputs they have 4.3M / 2.4M / 1.7M
+parameters, as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from prune_lab.data.splits import DataInfo
+from prune_lab.errors import UserError
+from prune_lab.models.fit import require_image
+
+POOL = "M"
+
+
+class ConvNet(nn.Module):
+    """`channels`: conv widths, with "M" for a 2x2 max-pool; `fc`: hidden widths of the classifier."""
+
+    def __init__(
+        self,
+        info: DataInfo,
+        channels: Sequence[int | str],
+        fc: Sequence[int] = (256, 256),
+        batch_norm: bool = False,
+        name: str = "convnet",
+    ):
+        super().__init__()
+        pools = sum(1 for c in channels if c == POOL)
+        in_ch, h, w = require_image(info, name, min_side=2**pools)
+        features: list[nn.Module] = []
+        for c in channels:
+            if c == POOL:
+                features.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+                continue
+            if not isinstance(c, int) or c <= 0:
+                raise UserError(f"model.channels entries must be positive ints or 'M', got {c!r}")
+            features += [nn.Conv2d(in_ch, c, 3, padding=1, bias=not batch_norm)]
+            features += [nn.BatchNorm2d(c)] if batch_norm else []
+            features += [nn.ReLU()]
+            in_ch = c
+        self.features = nn.Sequential(*features)
+        widths = [in_ch * h * w, *fc, info.num_classes]
+        classifier: list[nn.Module] = [nn.Flatten()]
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            classifier.append(nn.Linear(n_in, n_out))
+            if i < len(widths) - 2:
+                classifier.append(nn.ReLU())
+        self.classifier = nn.Sequential(*classifier)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, C, H, W] -> logits [B, classes]
+        return self.classifier(self.features(x))
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. 1998 with ReLU and max-pool: conv 6@5x5 (pad 2), pool, conv 16@5x5, pool, 120-84-classes."""
+
+    def __init__(self, info: DataInfo):
+        super().__init__()
+        c, h, w = require_image(info, "lenet5", min_side=12)
+        h, w = ((h // 2) - 4) // 2, ((w // 2) - 4) // 2  # after pad-2 conv, pool, valid 5x5 conv, pool
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * h * w, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, info.num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

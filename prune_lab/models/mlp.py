@@ -1,0 +1,28 @@
+"""Fully connected networks: flatten, then Linear+ReLU per hidden width, then a Linear to the classes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from prune_lab.data.splits import DataInfo
+from prune_lab.errors import UserError
+
+
+class MLP(nn.Module):
+    def __init__(self, info: DataInfo, hidden: Sequence[int], bias: bool = True):
+        super().__init__()
+        if any(int(h) <= 0 for h in hidden):
+            raise UserError(f"model.hidden={list(hidden)} must list positive widths")
+        widths = [math.prod(info.input_shape), *map(int, hidden), info.num_classes]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(n_in, n_out, bias=bias))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, *input_shape] -> logits [B, classes]
+        return self.net(x)

@@ -1,0 +1,47 @@
+"""The two interfaces of pruning: a `Pruner` (the schedule) and a `Criterion` (which weights go)."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from prune_lab.errors import UserError
+from prune_lab.masks import Mask
+
+if TYPE_CHECKING:
+    from prune_lab.job import Job
+
+
+def check_sparsity(value: object, key: str = "sparsity") -> float:
+    """A target sparsity must be a number in [0, 1): the fraction of prunable weights that are zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{key}={value!r} must be a number in [0, 1), e.g. {key}=0.8 for 80% of weights zero")
+    if not 0.0 <= value < 1.0:
+        raise UserError(
+            f"{key}={value} is outside [0, 1): it is the fraction of prunable weights set to zero "
+            f"(0.9 keeps 10%); for {value} try {key}={value / 100 if value >= 1 else 0.5}"
+        )
+    return float(value)
+
+
+class Pruner(ABC):
+    """A pruning method: trains, prunes and evaluates a `Job` on its own schedule."""
+
+    @abstractmethod
+    def run(self, job: Job) -> None:
+        """Drive the job to the end, recording every sparsity level with `job.evaluate`."""
+
+
+class Criterion(ABC):
+    """Chooses which weights survive. Pure: same inputs, same mask; weights are never modified."""
+
+    @abstractmethod
+    def compute_mask(
+        self, weights: Mapping[str, Tensor], mask: Mask, sparsity: float, generator: torch.Generator | None = None
+    ) -> Mask:
+        """A mask with (at least) `sparsity` of the weights pruned overall, that keeps pruned weights pruned."""

@@ -1,0 +1,44 @@
+"""The simplest schedules: no pruning, and one-shot pruning after training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prune_lab.pruners.base import Criterion, Pruner, check_sparsity
+from prune_lab.pruners.survivors import apply_fate, check_fate
+
+if TYPE_CHECKING:
+    from prune_lab.job import Job
+
+
+@dataclass
+class Dense(Pruner):
+    """`pruner=none`: train the dense network; its one level is the baseline at sparsity 0."""
+
+    def run(self, job: Job) -> None:
+        job.train("dense", job.settings.epochs)
+        job.evaluate("dense", 0.0)
+
+
+@dataclass
+class OneShot(Pruner):
+    """Train dense, prune to `sparsity` in one step, give survivors their fate, fine-tune."""
+
+    criterion: Criterion
+    sparsity: float
+    finetune_epochs: int
+    reinit: str = "keep"
+
+    def __post_init__(self) -> None:
+        self.sparsity = check_sparsity(self.sparsity)
+        check_fate(self.reinit)
+
+    def run(self, job: Job) -> None:
+        job.train("dense", job.settings.epochs)
+        job.evaluate("dense", 0.0)
+        job.set_mask(self.criterion.compute_mask(job.weights(), job.mask, self.sparsity, job.generator("prune")))
+        before = job.score_test()
+        apply_fate(job, self.reinit)
+        job.train("finetune", self.finetune_epochs)
+        job.evaluate("pruned", self.sparsity, before_finetune=before, finetune_epochs=self.finetune_epochs)

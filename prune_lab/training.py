@@ -1,0 +1,143 @@
+"""The trainer: trains a masked model for a budget of epochs and reports. It knows nothing of pruning methods.
+
+Masks are enforced by zeroing pruned weights after every optimizer step (one fused multiply over the
+prunable tensors), so no optimizer state (Adam moments, SGD momentum) can bring a pruned weight back
+and the forward pass carries no hooks. A pruner that prunes during training does so through `on_step`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prune_lab.data.splits import Splits
+from prune_lab.errors import UserError
+from prune_lab.evaluation import evaluate
+from prune_lab.masks import Mask
+from prune_lab.seeding import derive_seed, generator
+
+# (logits [B, classes], labels [B], inputs [B, ...]) -> scalar loss; inputs let distillation query a teacher.
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+# (step done so far, total steps of the phase, model) -> a new mask to enforce from now on, or None.
+StepHook = Callable[[int, int, nn.Module], "Mask | None"]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def cross_entropy(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The `train` config group: optimiser and budget, shared by every phase of a run."""
+
+    optimizer: OptimizerFactory  # called as optimizer(params, lr=lr): a partial of torch.optim.Adam / SGD
+    lr: float = 1e-2
+    epochs: int = 100
+    batch_size: int = 64
+    finetune_epochs: int = 50
+    eval_every: int = 1  # validation every N epochs (and always after the last)
+    eval_batch_size: int = 4096
+    checkpoint_every_s: float = 10.0  # a resumable checkpoint at the first epoch end after this many seconds
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"train.lr={self.lr} must be a positive number, e.g. train.lr=0.001")
+        for key in ("epochs", "finetune_epochs"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UserError(f"train.{key}={value} must be a whole number of epochs >= 0")
+        for key in ("batch_size", "eval_every", "eval_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"train.{key}={value} must be a positive integer")
+        if self.checkpoint_every_s < 0:
+            raise UserError(f"train.checkpoint_every_s={self.checkpoint_every_s} must be >= 0 (0: every epoch)")
+
+
+@dataclass
+class TrainResult:
+    mask: Mask  # the mask in force at the end (a step hook may have replaced it)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+
+
+def train(
+    model: nn.Module,
+    mask: Mask,
+    data: Splits,
+    settings: TrainSettings,
+    epochs: int,
+    *,
+    seed: int,
+    phase: str,
+    on_step: StepHook | None = None,
+    loss_fn: LossFn = cross_entropy,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[dict[str, Any]], None] = lambda record: None,
+) -> TrainResult:
+    """Train for `epochs` epochs (resuming from `resume` if given), checkpointing through `save`."""
+    params = dict(model.named_parameters())
+    optimizer = settings.optimizer(model.parameters(), lr=settings.lr)
+    start_epoch, history = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        mask = Mask.from_state_dict(resume["mask"], device=next(iter(params.values())).device)
+        start_epoch, history = resume["epoch"], list(resume["history"])
+
+    def enforce(m: Mask) -> tuple[list[Tensor], list[Tensor]]:
+        m.apply_(model)
+        names = m.names()
+        return [params[n].data for n in names], [m.tensors[n].to(params[n].dtype) for n in names]
+
+    weights, keeps = enforce(mask)
+    n, bs = len(data.train), settings.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = epochs * steps_per_epoch
+    step = start_epoch * steps_per_epoch
+    device = data.train.y.device
+    last_save = time.monotonic()
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        # Per-epoch seeds (not carried RNG state): a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(derive_seed(seed, phase, epoch))
+        g = generator(seed, phase, "shuffle", epoch)
+        perm = torch.randperm(n, generator=g).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, n, bs):
+            idx = perm[start : start + bs]
+            x, y = data.train.x[idx], data.train.y[idx]
+            if data.augment is not None:
+                x = data.augment(x, g)
+            loss = loss_fn(model(x), y, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            torch._foreach_mul_(weights, keeps)  # pruned weights back to exactly zero
+            loss_sum += loss.detach() * len(idx)  # stays on device: no host sync per step
+            step += 1
+            if on_step is not None:
+                new_mask = on_step(step, total_steps, model)
+                if new_mask is not None:
+                    mask = new_mask
+                    weights, keeps = enforce(mask)
+        record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / n}
+        if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
+            val = evaluate(model, data.val, settings.eval_batch_size)
+            record.update(val_acc=val.acc, val_loss=val.loss)
+        history.append(record)
+        log(record)
+        due = time.monotonic() - last_save >= settings.checkpoint_every_s
+        if save is not None and epoch + 1 < epochs and due:
+            save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "mask": mask.state_dict(),
+                  "epoch": epoch + 1, "history": history})
+            last_save = time.monotonic()
+    return TrainResult(mask, history)

@@ -1,0 +1,45 @@
+"""Shared test helpers: run the real CLI in a subprocess, and real datasets copied from ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PRUNE_LAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# Tiny budgets: the pipeline, not the accuracy, is under test.
+TINY = ["train.epochs=3", "train.finetune_epochs=2"]
+
+
+def run_cli(*args: str, cwd: Path, module: str = "prune_lab", timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m prune_lab ARGS` in `cwd`, as a user would type it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def results_below(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("results.json"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of ../shared/data (torchvision unpacks the .gz files next to them)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real datasets expected in {SHARED_DATA} (set PRUNE_LAB_SHARED_DATA to their folder)")
+    target = tmp_path_factory.mktemp("data")
+    for name in ("MNIST", "FashionMNIST", "Cora"):
+        if (SHARED_DATA / name).is_dir():
+            shutil.copytree(SHARED_DATA / name, target / name)
+    return target

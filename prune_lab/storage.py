@@ -6,6 +6,7 @@ a rerun after `kill -9`) sees either the old complete file or the new complete o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -85,7 +86,5 @@ class PhaseStore:
         for path in self.folder.glob("*.pt"):
             path.unlink(missing_ok=True)
         (self.folder / "config_hash").unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             self.folder.rmdir()
-        except OSError:
-            pass

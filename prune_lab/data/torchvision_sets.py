@@ -154,7 +154,7 @@ class CIFAR10:
                     "cifar-10-python.tar.gz into dataset.data_dir (or $PRUNE_LAB_DATA_DIR), or set "
                     "dataset.download=true where online"
                 )
-        cls = TorchvisionCIFAR10 if self.verify_md5 else _UncheckedCIFAR10
+        cls = TorchvisionCIFAR10 if self.verify_md5 else _unchecked_cifar10()
         try:
             train_set = cls(str(root), train=True, download=self.download)
             test_set = cls(str(root), train=False, download=self.download)
@@ -175,16 +175,19 @@ class CIFAR10:
                       augment)
 
 
-def _unchecked():
+def _unchecked_cifar10():
+    """torchvision's CIFAR10 reader without the md5 checks (presence is checked by CIFAR10.load)."""
+    import pickle
+
     from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
 
-    class Unchecked(TorchvisionCIFAR10):
-        def _check_integrity(self) -> bool:  # presence was checked by CIFAR10.load
+    class UncheckedCIFAR10(TorchvisionCIFAR10):
+        def _check_integrity(self) -> bool:
             return True
 
-    return Unchecked
+        def _load_meta(self) -> None:
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
-
-class _UncheckedCIFAR10:
-    def __new__(cls, *args, **kwargs):
-        return _unchecked()(*args, **kwargs)
+    return UncheckedCIFAR10

@@ -23,8 +23,8 @@ def check_sparsity(value: object, key: str = "sparsity") -> float:
         raise UserError(f"{key}={value!r} must be a number in [0, 1), e.g. {key}=0.8 for 80% of weights zero")
     if not 0.0 <= value < 1.0:
         raise UserError(
-            f"{key}={value} is outside [0, 1): it is the fraction of prunable weights set to zero "
-            f"(0.9 keeps 10%); for {value} try {key}={value / 100 if value >= 1 else 0.5}"
+            f"{key}={value} is outside [0, 1): it is the fraction of prunable weights set to zero (0.9 keeps 10%)"
+            + (f"; if you meant {value}%, write {key}={value / 100:g}" if 1 <= value <= 100 else "")
         )
     return float(value)
 

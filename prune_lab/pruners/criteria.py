@@ -22,14 +22,15 @@ SCOPES = ("layerwise", "global")
 
 def _check_scope(scope: str) -> None:
     if scope not in SCOPES:
-        raise UserError(f"pruner scope={scope!r} is not one of {SCOPES}; e.g. pruner.scope=global")
+        raise UserError(f"pruner scope={scope!r} is not one of {SCOPES}; e.g. pruner.criterion.scope=global")
 
 
 def prune_lowest(scores: Mapping[str, Tensor], mask: Mask, sparsity: float, scope: str) -> Mask:
     """Remove the lowest scores until `sparsity` of all weights (per layer, or over all) is pruned."""
     _check_scope(scope)
     # Already-pruned weights rank lowest, so they stay pruned and count towards the target.
-    ranked = {n: torch.where(mask.tensors[n], s.float(), torch.tensor(-1.0, device=s.device)) for n, s in scores.items()}
+    low = torch.tensor(-1.0)
+    ranked = {n: torch.where(mask.tensors[n], s.float(), low.to(s.device)) for n, s in scores.items()}
     if scope == "layerwise":
         out = {}
         for n, s in ranked.items():

@@ -97,11 +97,20 @@ class Job:
             state = {**current, **{n: state[n] for n in self.prunable}}
         self.model.load_state_dict(copy.deepcopy(state))
         self.mask.apply_(self.model)
+        self._fit_init_to_mask()
 
     def reinitialize(self, *stream: object) -> None:
         """A fresh draw of every weight from the run's init scheme (a stream apart from the original), masked."""
         self.init(self.model, self.generator("reinit", *stream))
         self.mask.apply_(self.model)
+        self._fit_init_to_mask()
+
+    def _fit_init_to_mask(self) -> None:
+        """Survivors were just reset: a mask-aware init (`fit_to_mask(model, mask)`, e.g. init=sparsity_aware)
+        adapts them to the mask. Plain schemes have no such method and are left alone."""
+        fit = getattr(self.init, "fit_to_mask", None)
+        if fit is not None:
+            fit(self.model, self.mask)
 
     def save_snapshot(self, name: str) -> None:
         """Persist the current weights (e.g. for late rewinding) so a resumed run finds them."""

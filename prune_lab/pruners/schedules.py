@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from prune_lab.distillation import Distillation, frozen_copy
 from prune_lab.pruners.base import Criterion, Pruner, check_sparsity
 from prune_lab.pruners.survivors import apply_fate, check_fate
 
@@ -23,12 +24,14 @@ class Dense(Pruner):
 
 @dataclass
 class OneShot(Pruner):
-    """Train dense, prune to `sparsity` in one step, give survivors their fate, fine-tune."""
+    """Train dense, prune to `sparsity` in one step, give survivors their fate, fine-tune (optionally
+    against the dense network's soft labels)."""
 
     criterion: Criterion
     sparsity: float
     finetune_epochs: int
     reinit: str = "keep"
+    distill: Distillation = field(default_factory=Distillation)
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
@@ -37,8 +40,10 @@ class OneShot(Pruner):
     def run(self, job: Job) -> None:
         job.train("dense", job.settings.epochs)
         job.evaluate("dense", 0.0)
-        job.set_mask(self.criterion.compute_mask(job.weights(), job.mask, self.sparsity, job.generator("prune")))
+        teacher = frozen_copy(job.model) if self.distill.active else None
+        mask = self.criterion.compute_mask(job.weights(), job.mask, self.sparsity, job.generator("prune"))
+        job.set_mask(mask)
         before = job.score_test()
         apply_fate(job, self.reinit)
-        job.train("finetune", self.finetune_epochs)
+        job.train("finetune", self.finetune_epochs, loss_fn=self.distill.loss_fn(teacher))
         job.evaluate("pruned", self.sparsity, before_finetune=before, finetune_epochs=self.finetune_epochs)

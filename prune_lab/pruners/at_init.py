@@ -1,0 +1,84 @@
+"""Pruning at initialisation: score the untrained network, prune to the target, then train it sparse.
+
+One round scores once (SNIP, GraSP). Several rounds (SynFlow's 100) follow an exponential schedule:
+after round k of R the sparsity is 1 - (1 - sparsity)^(k / R), each round scoring the network as
+masked so far. The target is reached before the first training step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from prune_lab.distillation import Distillation
+from prune_lab.errors import UserError
+from prune_lab.masks import Mask
+from prune_lab.pruners.base import Pruner, check_sparsity
+from prune_lab.pruners.criteria import _check_scope, prune_lowest
+from prune_lab.pruners.saliency import Saliency
+from prune_lab.pruners.survivors import check_fate
+from prune_lab.pruners.teacher import teacher_before_pruning
+
+if TYPE_CHECKING:
+    from prune_lab.job import Job
+
+
+def rankable(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Scores mapped into [0, 1] by one shared affine map, which keeps their order within and across layers:
+    `prune_lowest` ranks pruned weights at -1 (below any score) and compares in float32 (SynFlow's float64
+    scores may exceed its range)."""
+    low = min(float(s.min()) for s in scores.values())
+    high = max(float(s.max()) for s in scores.values())
+    span = high - low if high > low else 1.0
+    return {n: ((s.double() - low) / span).float() for n, s in scores.items()}
+
+
+def round_sparsity(sparsity: float, k: int, rounds: int) -> float:
+    """The exponential schedule: after round k of `rounds`, keep (1 - sparsity)^(k / rounds)."""
+    return 1.0 - (1.0 - sparsity) ** (k / rounds)
+
+
+@dataclass
+class AtInit(Pruner):
+    """Prune the initial network by `saliency` to `sparsity` in `rounds`, then train it for `epochs`."""
+
+    saliency: Saliency
+    sparsity: float
+    epochs: int
+    scope: str = "global"
+    rounds: int = 1
+    reinit: str = "original"
+    distill: Distillation = field(default_factory=Distillation)
+
+    def __post_init__(self) -> None:
+        self.sparsity = check_sparsity(self.sparsity)
+        _check_scope(self.scope)
+        check_fate(self.reinit)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise UserError(f"pruner.rounds={self.rounds!r} must be a positive number of scoring rounds")
+
+    def prune(self, job: Job) -> Mask:
+        """The mask at the target, computed from the current (initial) weights; the model is not changed."""
+        mask = job.mask
+        for k in range(1, self.rounds + 1):
+            scores = self.saliency.scores(job.model, mask, job.data, job.generator("saliency", k))
+            target = round_sparsity(self.sparsity, k, self.rounds)
+            mask = prune_lowest(rankable(scores), mask, target, self.scope)
+        return mask
+
+    def run(self, job: Job) -> None:
+        teacher = teacher_before_pruning(job, self.distill, self.epochs)
+        job.set_mask(self.prune(job))
+        before = job.score_test()
+        # The survivors still hold their initial values, so keep and original agree; rewinding anyway hands
+        # the mask to a mask-aware init (init=sparsity_aware). random: a fresh draw (Frankle et al. 2021).
+        if self.reinit == "random":
+            job.reinitialize()
+        else:
+            job.rewind(job.initial_state)
+        job.train("sparse", self.epochs, loss_fn=self.distill.loss_fn(teacher))
+        job.evaluate("pruned", self.sparsity, before_training=before, rounds=self.rounds)
+
+

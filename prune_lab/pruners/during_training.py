@@ -1,0 +1,147 @@
+"""Pruning during training, without reset: the mask tightens at scheduled steps of one training phase.
+
+The trainer calls the pruner's step hook after every optimizer step; at a scheduled step the hook
+returns a new mask (the criterion on the live weights, already-pruned weights staying pruned) and
+training goes on with the same optimizer. The schedule is a function of the step alone, so a
+resumed run prunes at the same steps, and the level records the schedule it followed.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from prune_lab.distillation import Distillation
+from prune_lab.errors import UserError
+from prune_lab.masks import Mask
+from prune_lab.pruners.base import Criterion, Pruner, check_sparsity
+from prune_lab.pruners.iterative import check_rate
+from prune_lab.pruners.teacher import teacher_before_pruning
+
+if TYPE_CHECKING:
+    from prune_lab.job import Job
+
+
+def check_fraction(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"{key}={value!r} must be a fraction of training in [0, 1], e.g. 0.5 for half way")
+    return float(value)
+
+
+@dataclass
+class PruneWhileTraining(Pruner):
+    """Train once for `epochs`; at the steps `target_at` names, prune to the sparsity it gives."""
+
+    criterion: Criterion
+    epochs: int
+    distill: Distillation = field(default_factory=Distillation)
+
+    @abstractmethod
+    def target_at(self, step: int, total: int) -> float | None:
+        """The sparsity to prune to after optimizer step `step` of `total` (0: before the first), or None."""
+
+    @property
+    @abstractmethod
+    def final_sparsity(self) -> float:
+        """Where the schedule ends."""
+
+    def schedule(self, total: int) -> list[tuple[int, float]]:
+        """Every (step, sparsity) at which the run prunes, for the record."""
+        targets = ((s, self.target_at(s, total)) for s in range(total + 1))
+        return [(s, t) for s, t in targets if t is not None]
+
+    def run(self, job: Job) -> None:
+        teacher = teacher_before_pruning(job, self.distill, self.epochs)
+        total = self.epochs * math.ceil(len(job.data.train) / job.settings.batch_size)
+
+        first = self.target_at(0, total)  # a schedule may start before the first step
+        if first is not None:
+            mask = self.criterion.compute_mask(job.weights(), job.mask, first, job.generator("prune", 0))
+            job.set_mask(mask)
+        current = [job.mask]  # the mask in force inside the phase (the job learns it when the phase ends)
+
+        def prune(step: int, total_steps: int, model: nn.Module) -> Mask | None:
+            target = self.target_at(step, total_steps)
+            if target is None:
+                return None
+            g = job.generator("prune", step)
+            current[0] = self.criterion.compute_mask(job.weights(), current[0], target, g)
+            return current[0]
+
+        job.train("pruning", self.epochs, on_step=prune, loss_fn=self.distill.loss_fn(teacher))
+        steps = [s for s, _ in self.schedule(total)]
+        job.evaluate("pruned", self.final_sparsity, total_steps=total, prune_events=len(steps),
+                     prune_steps=[steps[0], steps[-1]] if steps else [])
+
+
+@dataclass
+class Gradual(PruneWhileTraining):
+    """The dynamic-pruning study's schedule: prune `rate` of the remaining weights at each of `events`."""
+
+    events: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
+    rate: float = 0.17
+
+    def __post_init__(self) -> None:
+        self.events = sorted(check_fraction(e, "pruner.events[]") for e in self.events)
+        self.rate = check_rate(self.rate, "pruner.rate")
+
+    @property
+    def final_sparsity(self) -> float:
+        return 1.0 - (1.0 - self.rate) ** len(self.events)
+
+    def event_steps(self, total: int) -> list[int]:
+        return [max(1, round(e * total)) if total else 0 for e in self.events]
+
+    def target_at(self, step: int, total: int) -> float | None:
+        steps = self.event_steps(total)
+        if step not in steps:
+            return None
+        done = sum(s <= step for s in steps)  # events at or before this step (several may share one)
+        return 1.0 - (1.0 - self.rate) ** done
+
+
+@dataclass
+class Cubic(PruneWhileTraining):
+    """Automated gradual pruning (Zhu & Gupta 2017): s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_end - t_0))^3
+    every `every` steps from t_0 = start to t_end = end (fractions of training); s_f is reached at t_end."""
+
+    sparsity: float = 0.5
+    initial_sparsity: float = 0.0
+    start: float = 0.1
+    end: float = 0.75
+    every: int = 10
+
+    def __post_init__(self) -> None:
+        self.sparsity = check_sparsity(self.sparsity)
+        self.initial_sparsity = check_sparsity(self.initial_sparsity, "pruner.initial_sparsity")
+        if self.initial_sparsity > self.sparsity:
+            raise UserError(f"pruner.initial_sparsity={self.initial_sparsity} is above the final sparsity "
+                            f"{self.sparsity}; the schedule only prunes more, so lower it")
+        self.start = check_fraction(self.start, "pruner.start")
+        self.end = check_fraction(self.end, "pruner.end")
+        if self.start > self.end:
+            raise UserError(f"pruner.start={self.start} is after pruner.end={self.end}; swap them")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise UserError(f"pruner.every={self.every!r} must be a positive number of steps, e.g. 10")
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.sparsity
+
+    def sparsity_at(self, step: int, total: int) -> float:
+        """The cubic curve: 0 before t_0 (nothing pruned yet), s_i at t_0, s_f from t_end on, monotone."""
+        t0, t_end = round(self.start * total), round(self.end * total)
+        if step < t0:
+            return 0.0
+        progress = 1.0 if t_end <= t0 else min(1.0, (step - t0) / (t_end - t0))
+        return self.sparsity + (self.initial_sparsity - self.sparsity) * (1.0 - progress) ** 3
+
+    def target_at(self, step: int, total: int) -> float | None:
+        t0, t_end = round(self.start * total), round(self.end * total)
+        if step < t0 or step > t_end or ((step - t0) % self.every and step != t_end):
+            return None
+        return self.sparsity_at(step, total)

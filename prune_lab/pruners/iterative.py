@@ -1,0 +1,178 @@
+"""Iterative magnitude pruning with rewinding: the Lottery Ticket procedure (Frankle & Carbin 2019).
+
+Round 0 trains the dense network. Each round r >= 1 prunes `rate` of the weights still there (so a
+layer with rate p is at sparsity 1 - (1 - p)^r), gives the survivors their fate (rewind them to
+initialisation, or to iteration k: "late rewinding", Frankle et al. 2020), and retrains. The last round
+stops exactly at the target: it is a fractional round t in (R-1, R] with the same per-layer law
+1 - (1 - p)^t, so layers with their own rate keep their proportions. Every round is a level.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prune_lab.distillation import Distillation, frozen_copy
+from prune_lab.errors import UserError
+from prune_lab.masks import Mask
+from prune_lab.pruners.base import Pruner, check_sparsity
+from prune_lab.pruners.criteria import Magnitude
+from prune_lab.pruners.survivors import apply_fate, check_fate
+
+if TYPE_CHECKING:
+    from prune_lab.job import Job
+
+REWIND = re.compile(r"^(init|(epoch|step):(\d+))$")
+SNAPSHOT = "rewind-point"  # the late-rewinding target, stored so a resumed run finds it
+
+
+def parse_rewind(rewind: str) -> tuple[str, int]:
+    """'init' -> ('step', 0); 'epoch:K' / 'step:K' -> (unit, K)."""
+    match = REWIND.match(str(rewind))
+    if match is None:
+        raise UserError(f"pruner.rewind={rewind!r} must be init, epoch:K or step:K, e.g. epoch:2")
+    return ("step", 0) if match.group(1) == "init" else (match.group(2), int(match.group(3)))
+
+
+def check_rate(rate: object, key: str) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise UserError(f"{key}={rate!r} must be a fraction in [0, 1) of the remaining weights, e.g. 0.2")
+    return float(rate)
+
+
+def layer_sparsity(rate: float, t: float) -> float:
+    """Sparsity after t rounds that each prune `rate` of what remains."""
+    return 1.0 - (1.0 - rate) ** t
+
+
+def final_round(rates: dict[str, float], sizes: dict[str, int], target: float) -> float:
+    """The (fractional) round count t at which the weighted sparsity of all layers reaches `target`."""
+    total = sum(sizes.values())
+
+    def overall(t: float) -> float:
+        return sum(sizes[n] * layer_sparsity(rates[n], t) for n in sizes) / total
+
+    hi = 1.0
+    while overall(hi) < target:
+        hi *= 2
+    lo = 0.0
+    for _ in range(100):  # bisection: overall() is increasing in t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if overall(mid) < target else (lo, mid)
+    return hi
+
+
+@dataclass
+class IterativeMagnitude(Pruner):
+    """Rounds of train -> prune `rate` of the remaining weights -> rewind -> retrain, until `sparsity`."""
+
+    sparsity: float
+    epochs: int  # per round, round 0 (dense) included
+    rate: float = 0.2
+    layer_rates: dict[str, float] | None = None  # shell pattern on parameter names -> rate (None: none)
+    scope: str = "layerwise"
+    rewind: str = "init"
+    reinit: str = "original"
+    distill: Distillation = field(default_factory=Distillation)
+
+    def __post_init__(self) -> None:
+        self.sparsity = check_sparsity(self.sparsity)
+        self.rate = check_rate(self.rate, "pruner.rate")
+        if self.rate == 0:
+            raise UserError("pruner.rate=0 never prunes; use a fraction in (0, 1), e.g. pruner.rate=0.2")
+        self.layer_rates = {str(k): check_rate(v, f"pruner.layer_rates.{k}")
+                            for k, v in (self.layer_rates or {}).items()}
+        Magnitude(self.scope)  # validates the scope
+        if self.scope == "global" and self.layer_rates:
+            raise UserError("pruner.layer_rates needs pruner.scope=layerwise (global has no layer rates)")
+        check_fate(self.reinit)
+        self.rewind_at = parse_rewind(self.rewind)
+        if self.rewind_at != ("step", 0) and self.reinit != "original":
+            raise UserError(f"pruner.rewind={self.rewind} rewinds survivors, which needs "
+                            f"pruner.reinit=original (got {self.reinit}); or set pruner.rewind=init")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise UserError(f"pruner.epochs={self.epochs!r} must be a whole number of epochs per round")
+
+    # --- the plan: every number is decided before training, from sizes alone --------------------------
+    def rates_for(self, names: list[str]) -> dict[str, float]:
+        for pattern in self.layer_rates:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise UserError(f"pruner.layer_rates pattern {pattern!r} matches no prunable weight; "
+                                f"the prunable weights are {names}")
+        return {n: next((r for p, r in self.layer_rates.items() if fnmatch.fnmatchcase(n, p)), self.rate)
+                for n in names}
+
+    def plan(self, sizes: dict[str, int]) -> list[tuple[float, dict[str, float]]]:
+        """(overall target, per-layer target) of each round 1..R; the last one is exactly `sparsity`."""
+        if self.sparsity == 0:
+            return []
+        rates = self.rates_for(list(sizes))
+        reachable = sum(s for n, s in sizes.items() if rates[n] > 0) / sum(sizes.values())
+        if self.sparsity >= reachable:
+            raise UserError(f"sparsity={self.sparsity} cannot be reached: layers with rate 0 hold "
+                            f"{1 - reachable:.1%} of the prunable weights; lower it or raise their rate")
+        t_end = final_round(rates, sizes, self.sparsity)
+        rounds = max(1, math.ceil(t_end - 1e-9))
+        total = sum(sizes.values())
+        out = []
+        for r in range(1, rounds + 1):
+            t = min(float(r), t_end)
+            per_layer = {n: layer_sparsity(rates[n], t) for n in sizes}
+            overall = self.sparsity if r == rounds else sum(sizes[n] * per_layer[n] for n in sizes) / total
+            out.append((overall, per_layer))
+        return out
+
+    def prune(self, job: Job, overall: float, per_layer: dict[str, float]) -> Mask:
+        weights = job.weights()
+        if self.scope == "global":
+            return Magnitude("global").compute_mask(weights, job.mask, overall)
+        layerwise = Magnitude("layerwise")
+        tensors = {}
+        for n, w in weights.items():  # one layer at a time, each to its own sparsity
+            one = Mask({n: job.mask.tensors[n]})
+            tensors[n] = layerwise.compute_mask({n: w}, one, per_layer[n]).tensors[n]
+        return Mask(tensors)
+
+    # --- the schedule -----------------------------------------------------------------------------
+    def run(self, job: Job) -> None:
+        plan = self.plan({n: w.numel() for n, w in job.weights().items()})
+        rewind_step = self.rewind_step(job)
+        job.train("dense", self.epochs, on_step=self.snapshot_at(job, rewind_step))
+        job.evaluate("dense", 0.0, round=0)
+        teacher = frozen_copy(job.model) if self.distill.active else None
+        rewind_point = job.initial_state if rewind_step == 0 else job.load_snapshot(SNAPSHOT)
+        for r, (overall, per_layer) in enumerate(plan, start=1):
+            job.set_mask(self.prune(job, overall, per_layer))
+            before = job.score_test()
+            if self.reinit == "original":
+                job.rewind(rewind_point)
+            else:
+                apply_fate(job, self.reinit, "round", r)
+            job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher))
+            targets = {"layer_targets": per_layer} if self.scope == "layerwise" else {}
+            job.evaluate(f"round-{r}", overall, round=r, before_retrain=before, rewind=self.rewind, **targets)
+
+    def rewind_step(self, job: Job) -> int:
+        unit, k = self.rewind_at
+        steps_per_epoch = math.ceil(len(job.data.train) / job.settings.batch_size)
+        step = k * steps_per_epoch if unit == "epoch" else k
+        if step > self.epochs * steps_per_epoch:
+            raise UserError(f"pruner.rewind={self.rewind} is past the end of dense training ({self.epochs} "
+                            f"epochs = {self.epochs * steps_per_epoch} steps); rewind to an earlier point")
+        return step
+
+    @staticmethod
+    def snapshot_at(job: Job, step: int) -> Callable | None:
+        """A step hook that stores the weights after `step` optimizer steps (late rewinding's target)."""
+        if step == 0:
+            return None
+
+        def hook(done: int, total: int, model: object) -> None:
+            if done == step:
+                job.save_snapshot(SNAPSHOT)
+
+        return hook

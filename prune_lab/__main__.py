@@ -20,6 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
@@ -59,14 +60,15 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         )
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
-    data = spec.dataset.load().to(device)
+    data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
     model = spec.model(data.info)
     spec.init(model, generator(spec.seed, "init"))
     model = model.to(device)
     prunable = spec.prunable.names(model)
     store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
     metrics = MetricsLog(run_dir / METRICS)
-    job = Job(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics)
+    cache = DenseCache.open(spec.cache_dir, spec.config, device)
+    job = Job(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)
 
     spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
 
@@ -90,6 +92,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process, so far
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "levels": [level.to_json() for level in job.levels],
+        "dense_cache": job.cached_phases,  # phases shared through the dense-training cache, and whether hit
     }
     path = write_results(run_dir, record)
     if not spec.keep_checkpoints:

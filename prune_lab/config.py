@@ -53,6 +53,7 @@ class RunSpec:
     choices: Mapping[str, str]  # option chosen in each config group, e.g. {"init": "xavier_normal"}
     config: Mapping[str, Any]  # the resolved config as plain data (recorded in results.json)
     config_hash: str
+    cache_dir: str | None = None  # folder of the dense-training cache (prune_lab.cache); None: off
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -105,5 +106,6 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
         choices={g: choices.get(g, "?") for g in (*GROUPS, "experiment") if choices.get(g) is not None},
         config=config,
         config_hash=config_hash(config),
+        cache_dir=config.get("cache_dir"),
         **objects,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +19,13 @@ from prune_lab.data.splits import Splits
 from prune_lab.evaluation import Level, evaluate, measure_level
 from prune_lab.init import Initializer
 from prune_lab.masks import Mask
+from prune_lab.payoff import measure_payoff
 from prune_lab.seeding import generator
 from prune_lab.storage import PhaseStore
 from prune_lab.training import LossFn, StepHook, TrainSettings, cross_entropy, train
+
+if TYPE_CHECKING:
+    from prune_lab.cache import DenseCache
 
 State = dict[str, Tensor]
 
@@ -41,6 +45,7 @@ class Job:
         seed: int,
         store: PhaseStore,
         log: Callable[[dict[str, Any]], None] = lambda record: None,
+        dense_cache: DenseCache | None = None,
     ):
         self.model, self.data, self.settings = model, data, settings
         self.prunable, self.init, self.seed, self.store, self.log = prunable, init, seed, store, log
@@ -49,6 +54,8 @@ class Job:
         self.levels: list[Level] = []
         self.history: list[dict[str, Any]] = []
         self._phases: set[str] = set()
+        self.dense_cache = dense_cache  # shares pure dense phases between a sweep's jobs (None: off)
+        self.cached_phases: list[dict[str, Any]] = []  # {"phase", "key", "hit"} per phase the cache served
 
     # --- what pruners read -------------------------------------------------------------------------
     def weights(self) -> dict[str, Tensor]:
@@ -66,6 +73,7 @@ class Job:
         """Train the masked model for `epochs` epochs as phase `phase` (unique within a run)."""
         if phase in self._phases:
             raise ValueError(f"phase {phase!r} trained twice in one run; give each phase its own name")
+        shareable = self._shareable(on_step, loss_fn)  # decided before this phase counts as trained
         self._phases.add(phase)
         done = self.store.load(phase, "done")
         if done is not None:  # finished in an earlier attempt: replay its outcome, train nothing
@@ -74,6 +82,22 @@ class Job:
             self.history += done["history"]
             self.log({"phase": phase, "event": "restored"})
             return
+        if shareable and self.dense_cache is not None:
+            outcome = self.dense_cache.fetch_or_train(
+                phase, epochs, lambda: self._train_phase(phase, epochs, on_step, loss_fn))
+            self.cached_phases.append({"phase": phase, "key": outcome.key, "hit": outcome.hit})
+            history = outcome.state["history"]
+            if outcome.hit:  # another job trained this exact phase: same inputs, so the same outcome
+                self.model.load_state_dict(outcome.state["model"])
+                self.history += history
+                self.log({"phase": phase, "event": "dense_cache_hit", "key": outcome.key})
+        else:
+            history = self._train_phase(phase, epochs, on_step, loss_fn)["history"]
+        self.store.save(phase, "done", {"model": self.model.state_dict(), "mask": self.mask.state_dict(),
+                                        "history": history})
+        self.store.drop(phase, "partial")
+
+    def _train_phase(self, phase: str, epochs: int, on_step: StepHook | None, loss_fn: LossFn) -> dict[str, Any]:
         result = train(
             self.model, self.mask, self.data, self.settings, epochs, seed=self.seed, phase=phase, on_step=on_step,
             loss_fn=loss_fn, resume=self.store.load(phase, "partial"),
@@ -81,9 +105,18 @@ class Job:
         )
         self.mask = result.mask
         self.history += result.history
-        self.store.save(phase, "done", {"model": self.model.state_dict(), "mask": self.mask.state_dict(),
-                                        "history": result.history})
-        self.store.drop(phase, "partial")
+        return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "history": result.history}
+
+    def _shareable(self, on_step: StepHook | None, loss_fn: LossFn) -> bool:
+        """Pure dense training, whose outcome depends on the run's config alone (prune_lab.cache): the job's
+        first phase, from the initial weights, under an all-ones mask, with no step hook and the default loss."""
+        if self.dense_cache is None or self._phases or on_step is not None or loss_fn is not cross_entropy:
+            return False
+        if not all(bool(keep.all()) for keep in self.mask.tensors.values()):
+            return False
+        state = self.model.state_dict()
+        return all(torch.equal(state[k], v) for k, v in self.initial_state.items())
 
     def set_mask(self, mask: Mask) -> None:
         mask.check_fits(self.model)
@@ -128,7 +161,7 @@ class Job:
         level = measure_level(
             self.model, self.prunable, name, target_sparsity,
             test=evaluate(self.model, self.data.test, batch), val=evaluate(self.model, self.data.val, batch),
-            **extra,
+            **measure_payoff(self.model, self.data.train.x[:1]), **extra,
         )
         self.levels.append(level)
         self.log({"level": name, "sparsity": level.sparsity, "test_acc": level.test_acc,

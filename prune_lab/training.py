@@ -46,6 +46,8 @@ class TrainSettings:
     eval_every: int = 1  # validation every N epochs (and always after the last)
     eval_batch_size: int = 4096
     checkpoint_every_s: float = 10.0  # a resumable checkpoint at the first epoch end after this many seconds
+    amp: bool = False  # bf16 autocast of forward + loss (GPU tensor cores); weights, masks, optimizer stay fp32
+    compile: bool = False  # torch.compile the model for training: faster steps after a one-off compile
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
@@ -104,6 +106,7 @@ def train(
     total_steps = epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
     device = data.train.y.device
+    forward = torch.compile(model) if settings.compile else model  # shares model's parameters
     last_save = time.monotonic()
     model.train()
     for epoch in range(start_epoch, epochs):
@@ -117,7 +120,8 @@ def train(
             x, y = data.train.x[idx], data.train.y[idx]
             if data.augment is not None:
                 x = data.augment(x, g)
-            loss = loss_fn(model(x), y, x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.amp):
+                loss = loss_fn(forward(x), y, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

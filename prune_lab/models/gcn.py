@@ -49,7 +49,7 @@ class GCN(nn.Module):
         x = self.features
         if self.training and self.dropout:  # dropout on the nonzero entries (zeros stay zero either way)
             x = torch.sparse_coo_tensor(x.indices(), F.dropout(x.values(), self.dropout), x.shape,
-                                        is_coalesced=True)
+                                        is_coalesced=True, check_invariants=False)  # same indices: valid
         x = F.relu(self.conv1(x, self.adjacency))
         x = F.dropout(x, self.dropout, self.training)
         return self.conv2(x, self.adjacency)[idx]

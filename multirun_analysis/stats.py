@@ -1,0 +1,238 @@
+"""Statistics over seeds: per-level summaries with t confidence intervals, robustness, paired comparisons.
+
+Every function takes the tidy table of `load_runs` (or any DataFrame with the same columns) and names its
+grouping columns as arguments. Seeds are the unit of replication: rows of the same condition, seed and
+level are first averaged into one (the dense level appears in every one-shot run of a seed, and merged
+sweeps may repeat a run), so n always counts distinct seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from multirun_analysis.loading import CHOICES
+
+LEVEL, SEED = "target_level", "seed"
+
+
+def condition_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that define one condition (a curve): the config choices and the swept-key label."""
+    return [c for c in (*CHOICES, "condition") if c in df.columns]
+
+
+def _by(df: pd.DataFrame, by: str | Sequence[str] | None) -> list[str]:
+    cols = condition_columns(df) if by is None else [by] if isinstance(by, str) else list(by)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the table; it has {list(df.columns)}")
+    return cols
+
+
+def per_seed(
+    df: pd.DataFrame, metric: str = "test_acc", by: str | Sequence[str] | None = None
+) -> pd.DataFrame:
+    """One row per (by..., seed, target_level): `metric` averaged over duplicate rows (n_rows counts them)."""
+    cols = _by(df, by)
+    keys = [*cols, SEED, LEVEL]
+    out = (
+        df.dropna(subset=[metric])
+        .groupby(keys, dropna=False, sort=True)[metric]
+        .agg(["mean", "size"])
+        .reset_index()
+        .rename(columns={"mean": metric, "size": "n_rows"})
+    )
+    return out
+
+
+def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, std, ci_low, ci_high): Student t interval of the mean, std with n-1; NaN spread for n < 2."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def summarize(
+    df: pd.DataFrame,
+    metric: str = "test_acc",
+    by: str | Sequence[str] | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Per group and target level: mean, std, ci_low, ci_high (t interval) and n_seeds of `metric`.
+
+    by: grouping columns (default: dataset, model, init, pruner, train, experiment, condition). Also
+    carries mean_sparsity (the measured sparsity, averaged) when the table has it.
+    """
+    cols = _by(df, by)
+    seeds = per_seed(df, metric, cols)
+    rows = []
+    for key, group in seeds.groupby([*cols, LEVEL], dropna=False, sort=True):
+        mean, std, lo, hi = t_interval(group[metric].to_numpy(), confidence)
+        rows.append(
+            {
+                **dict(zip([*cols, LEVEL], key)),
+                "metric": metric,
+                "mean": mean,
+                "std": std,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_seeds": len(group),
+                "seeds": ",".join(map(str, group[SEED])),
+            }
+        )
+    out = pd.DataFrame(rows)
+    if not out.empty and "sparsity" in df.columns:
+        measured = (
+            df.groupby([*cols, LEVEL], dropna=False)["sparsity"].mean().rename("mean_sparsity").reset_index()
+        )
+        out = out.merge(measured, on=[*cols, LEVEL], how="left")
+    return out
+
+
+def auc(levels: Sequence[float], values: Sequence[float]) -> float:
+    """Trapezoid area under values(levels), levels in sparsity (0..1); NaN with fewer than two levels."""
+    x, y = np.asarray(levels, float), np.asarray(values, float)
+    order = np.argsort(x)
+    return float(np.trapezoid(y[order], x[order])) if len(x) >= 2 else math.nan
+
+
+def critical_sparsity(levels: Sequence[float], values: Sequence[float], tolerance: float = 0.01) -> float:
+    """The highest level whose value is at least the dense value (level 0) minus `tolerance`; NaN without dense.
+
+    Every level is checked, not only a prefix: a curve that dips and recovers keeps its highest good level.
+    """
+    x, y = np.asarray(levels, float), np.asarray(values, float)
+    if not (x == 0).any():
+        return math.nan
+    dense = y[x == 0].mean()
+    return float(x[y >= dense - tolerance].max())
+
+
+def robustness(
+    df: pd.DataFrame,
+    metric: str = "test_acc",
+    by: str | Sequence[str] | None = None,
+    tolerance: float = 0.01,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Per group: area under the metric-sparsity curve and critical sparsity, from the mean curve and per seed.
+
+    auc: trapezoid area of the mean curve over the group's levels (x = target sparsity); auc_norm divides
+      it by the x range (a mean metric over the range, comparable across groups with the same levels).
+    auc_seed_mean/std: the same per seed, over seeds that have every level of the group.
+    critical_sparsity: highest level whose mean is within `tolerance` (metric units; 0.01 = 1 point of
+      accuracy) of the dense mean; critical_seed_mean/std/min/max: the same per seed (its own dense).
+    """
+    cols = _by(df, by)
+    seeds = per_seed(df, metric, cols)
+    seed_groups = dict(iter(seeds.groupby(cols, dropna=False, sort=True)))
+    summary = summarize(df, metric, cols, confidence)
+    rows = []
+    for key, group in summary.groupby(cols, dropna=False, sort=True):
+        levels, means = group[LEVEL].to_numpy(), group["mean"].to_numpy()
+        per_auc, per_critical = [], []
+        for _, one in seed_groups[key].groupby(SEED):
+            if set(one[LEVEL]) >= set(levels):  # a seed missing a level would be measured on another range
+                per_auc.append(auc(one[LEVEL], one[metric]))
+                per_critical.append(critical_sparsity(one[LEVEL], one[metric], tolerance))
+        per = pd.DataFrame({"auc": per_auc, "critical": per_critical}, dtype=float)
+        span = levels.max() - levels.min() if len(levels) else math.nan
+        area = auc(levels, means)
+        rows.append(
+            {
+                **dict(zip(cols, key if isinstance(key, tuple) else (key,))),
+                "metric": metric,
+                "levels": len(levels),
+                "max_level": levels.max(),
+                "dense_mean": means[levels == 0].mean() if (levels == 0).any() else math.nan,
+                "auc": area,
+                "auc_norm": area / span if span else math.nan,
+                "auc_seed_mean": per["auc"].mean(),
+                "auc_seed_std": per["auc"].std(ddof=1),
+                "critical_sparsity": critical_sparsity(levels, means, tolerance),
+                "critical_seed_mean": per["critical"].mean(),
+                "critical_seed_std": per["critical"].std(ddof=1),
+                "critical_seed_min": per["critical"].min(),
+                "critical_seed_max": per["critical"].max(),
+                "n_seeds": len(per),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Paired t-test and Wilcoxon signed-rank test of a - b (same seeds, same order); NaN where undefined.
+
+    With n pairs the t-test has n-1 degrees of freedom and assumes normal differences; the exact two-sided
+    Wilcoxon test cannot reach p < 0.05 with fewer than 6 pairs.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    d = a - b
+    out = {
+        "n_pairs": len(d),
+        "mean_diff": float(d.mean()) if len(d) else math.nan,
+        "t": math.nan,
+        "p_t": math.nan,
+        "p_wilcoxon": math.nan,
+    }
+    if len(d) >= 2 and np.ptp(d) > 0:
+        t = stats.ttest_rel(a, b)
+        out.update(t=float(t.statistic), p_t=float(t.pvalue))
+    elif len(d) >= 2 and d[0] != 0:  # every seed moved by the same amount: no variance, the sign is certain
+        out.update(t=math.copysign(math.inf, d[0]), p_t=0.0)
+    if len(d) >= 1 and (d != 0).any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns about small n; the caveat is in the report
+            out["p_wilcoxon"] = float(stats.wilcoxon(a, b).pvalue)
+    return out
+
+
+def compare(
+    df: pd.DataFrame,
+    hue: str = "init",
+    metric: str = "test_acc",
+    by: str | Sequence[str] | None = None,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """At each level of each context, the best `hue` value by mean `metric` against the runner-up, paired by seed.
+
+    by: the context columns (default: the condition columns without `hue`). One row per context x level
+    with best, runner_up, their means, n_pairs, mean_diff, t, p_t, p_wilcoxon and significant (p_t < alpha).
+    """
+    context = [c for c in _by(df, by) if c != hue]
+    seeds = per_seed(df, metric, [*context, hue])
+    rows = []
+    for key, group in seeds.groupby([*context, LEVEL], dropna=False, sort=True):
+        means = group.groupby(hue, dropna=False)[metric].mean().sort_values(ascending=False)
+        if len(means) < 2:
+            continue
+        best, second = means.index[0], means.index[1]
+        wide = group.pivot_table(index=SEED, columns=hue, values=metric, dropna=False)[
+            [best, second]
+        ].dropna()
+        test = paired_test(wide[best], wide[second])
+        rows.append(
+            {
+                **dict(zip([*context, LEVEL], key)),
+                "metric": metric,
+                "hue": hue,
+                "best": best,
+                "best_mean": means.iloc[0],
+                "runner_up": second,
+                "runner_up_mean": means.iloc[1],
+                "n_schemes": len(means),
+                **test,
+                "significant": bool(test["p_t"] < alpha) if not math.isnan(test["p_t"]) else False,
+            }
+        )
+    return pd.DataFrame(rows)

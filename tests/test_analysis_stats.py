@@ -1,0 +1,114 @@
+"""multirun_analysis statistics against values computed by hand on a small fixed table (no runs needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from multirun_analysis import auc, compare, critical_sparsity, paired_test, robustness, summarize
+
+# test accuracy of two init schemes, 3 seeds, levels 0 (dense), 0.5 and 0.9
+ACC = {
+    "A": {0.0: [0.90, 0.92, 0.94], 0.5: [0.91, 0.93, 0.92], 0.9: [0.80, 0.84, 0.82]},
+    "B": {0.0: [0.89, 0.91, 0.93], 0.5: [0.85, 0.86, 0.90], 0.9: [0.70, 0.72, 0.77]},
+}
+T_975_DF2 = 4.302652729749464  # Student t quantile, 97.5%, 2 degrees of freedom (tables)
+
+
+def table() -> pd.DataFrame:
+    rows = []
+    for init, levels in ACC.items():
+        for level, accs in levels.items():
+            for seed, acc in enumerate(accs):
+                rows.append(
+                    {
+                        "dataset": "d",
+                        "model": "m",
+                        "init": init,
+                        "pruner": "magnitude",
+                        "seed": seed,
+                        "target_level": level,
+                        "sparsity": level,
+                        "test_acc": acc,
+                    }
+                )
+    # the dense level appears in every one-shot run of a seed: a second copy must not count as a seed
+    rows += [dict(r, run_dir="other run") for r in rows if r["target_level"] == 0.0]
+    return pd.DataFrame(rows)
+
+
+def test_summary_mean_std_ci_and_seed_count():
+    s = summarize(table()).set_index(["init", "target_level"])
+    a0 = s.loc[("A", 0.0)]
+    assert a0["n_seeds"] == 3  # duplicates of the dense level averaged, not counted
+    assert a0["mean"] == pytest.approx(0.92)
+    assert a0["std"] == pytest.approx(0.02)  # deviations -.02, 0, .02 -> sqrt(.0008 / 2)
+    half = T_975_DF2 * 0.02 / math.sqrt(3)
+    assert (a0["ci_low"], a0["ci_high"]) == pytest.approx((0.92 - half, 0.92 + half))
+    assert s.loc[("B", 0.9), "mean"] == pytest.approx(0.73)
+
+
+def test_single_seed_has_no_spread():
+    s = summarize(table().query("seed == 0"))
+    assert (s["n_seeds"] == 1).all() and s["std"].isna().all() and s["ci_low"].isna().all()
+
+
+def test_auc_and_critical_sparsity_by_hand():
+    assert auc([0, 0.5, 0.9], [0.92, 0.92, 0.82]) == pytest.approx(0.46 + 0.348)  # two trapezoids
+    assert auc([0.9, 0, 0.5], [0.82, 0.92, 0.92]) == pytest.approx(0.808)  # order does not matter
+    assert critical_sparsity([0, 0.5, 0.9], [0.92, 0.92, 0.82]) == 0.5
+    assert critical_sparsity([0, 0.5, 0.9], [0.91, 0.87, 0.73]) == 0.0
+    assert critical_sparsity([0, 0.5, 0.9], [0.91, 0.87, 0.905]) == 0.9  # recovers: highest good level counts
+    assert math.isnan(critical_sparsity([0.5, 0.9], [0.9, 0.8]))  # no dense level, no reference
+
+
+def test_robustness_mean_curve_and_per_seed_spread():
+    r = robustness(table()).set_index("init")
+    assert r.loc["A", "auc"] == pytest.approx(0.808)
+    assert r.loc["A", "auc_norm"] == pytest.approx(0.808 / 0.9)
+    assert r.loc["A", "critical_sparsity"] == 0.5
+    assert r.loc["B", "critical_sparsity"] == 0.0
+    # per seed (own dense, 1 point): seed 0 and 1 keep 0.5; seed 2 drops .94 -> .92 at 0.5, so 0
+    assert r.loc["A", "critical_seed_mean"] == pytest.approx(1 / 3)
+    assert (r.loc["A", "critical_seed_min"], r.loc["A", "critical_seed_max"]) == (0.0, 0.5)
+    seed_aucs = [0.25 * (a0 + a5) + 0.2 * (a5 + a9) for a0, a5, a9 in zip(*ACC["A"].values())]
+    assert r.loc["A", "auc_seed_std"] == pytest.approx(np.std(seed_aucs, ddof=1))
+    assert r.loc["A", "n_seeds"] == 3
+
+
+def test_paired_test_by_hand():
+    a, b = ACC["A"][0.9], ACC["B"][0.9]
+    d = np.subtract(a, b)  # .10, .12, .05
+    sd = math.sqrt(((0.01) ** 2 + (0.03) ** 2 + (0.04) ** 2) / 2)
+    t = 0.09 / (sd / math.sqrt(3))
+    p = 1 - t / math.sqrt(2 + t * t)  # two-sided p of Student t with 2 degrees of freedom, closed form
+    out = paired_test(a, b)
+    assert out["mean_diff"] == pytest.approx(d.mean())
+    assert out["t"] == pytest.approx(t) and out["p_t"] == pytest.approx(p)
+    assert out["p_wilcoxon"] == pytest.approx(0.25)  # exact: 3 positive differences, 2 of 8 sign patterns
+    assert out["n_pairs"] == 3
+
+
+def test_compare_names_best_and_runner_up_per_level():
+    c = compare(table(), hue="init").set_index("target_level")
+    assert list(c["best"]) == ["A", "A", "A"] and list(c["runner_up"]) == ["B", "B", "B"]
+    assert c.loc[0.9, "best_mean"] == pytest.approx(0.82)
+    assert c.loc[0.9, "p_t"] == pytest.approx(paired_test(ACC["A"][0.9], ACC["B"][0.9])["p_t"])
+    assert c.loc[0.9, "p_t"] == pytest.approx(0.0496, abs=1e-4) and bool(c.loc[0.9, "significant"])
+    assert not bool(
+        compare(table(), hue="init", alpha=0.01).set_index("target_level").loc[0.9, "significant"]
+    )
+    # dense: A - B = .01 for every seed; no variance, so the t-test is degenerate and reported as certain
+    assert c.loc[0.0, "n_pairs"] == 3
+
+
+def test_grouping_columns_are_arguments():
+    df = table()
+    df["train.lr"] = np.where(df["seed"] == 0, 0.1, 0.01)  # a column the defaults know nothing about
+    s = summarize(df, by=["init", "train.lr"])
+    assert set(s["train.lr"]) == {0.1, 0.01} and s["n_seeds"].max() == 2
+    with pytest.raises(KeyError, match="not in the table"):
+        summarize(df, by="nope")

@@ -8,6 +8,7 @@ skips finished runs and resumes interrupted ones.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -36,6 +37,11 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OmegaConf.register_new_resolver(
     "prune_lab_subdir", lambda name: (name or "default").replace("/", "_"), replace=True
 )
+
+
+# Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
+RECORDED_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                "SLURM_JOB_PARTITION", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -92,6 +98,8 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process, so far
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "levels": [level.to_json() for level in job.levels],
+        "environment": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
+        "resumed": job.resumed,  # phases this attempt restored ({"restored"}) or resumed ({"from_epoch"})
         "dense_cache": job.cached_phases,  # phases shared through the dense-training cache, and whether hit
     }
     path = write_results(run_dir, record)

@@ -54,6 +54,7 @@ class Job:
         self.levels: list[Level] = []
         self.history: list[dict[str, Any]] = []
         self._phases: set[str] = set()
+        self.resumed: list[dict[str, Any]] = []  # phases this attempt took from checkpoints (results.json)
         self.dense_cache = dense_cache  # shares pure dense phases between a sweep's jobs (None: off)
         self.cached_phases: list[dict[str, Any]] = []  # {"phase", "key", "hit"} per phase the cache served
 
@@ -81,6 +82,7 @@ class Job:
             self.mask = Mask.from_state_dict(done["mask"], self._device())
             self.history += done["history"]
             self.log({"phase": phase, "event": "restored"})
+            self.resumed.append({"phase": phase, "restored": True})
             return
         if shareable and self.dense_cache is not None:
             outcome = self.dense_cache.fetch_or_train(
@@ -98,9 +100,13 @@ class Job:
         self.store.drop(phase, "partial")
 
     def _train_phase(self, phase: str, epochs: int, on_step: StepHook | None, loss_fn: LossFn) -> dict[str, Any]:
+        partial = self.store.load(phase, "partial")
+        if partial is not None:  # cut short in an earlier attempt (kill, preemption, requeue)
+            self.resumed.append({"phase": phase, "from_epoch": partial["epoch"]})
+            print(f"prune_lab: phase {phase} resumes from its checkpoint at epoch {partial['epoch']}/{epochs}")
         result = train(
             self.model, self.mask, self.data, self.settings, epochs, seed=self.seed, phase=phase, on_step=on_step,
-            loss_fn=loss_fn, resume=self.store.load(phase, "partial"),
+            loss_fn=loss_fn, resume=partial,
             save=lambda state: self.store.save(phase, "partial", state), log=self.log,
         )
         self.mask = result.mask

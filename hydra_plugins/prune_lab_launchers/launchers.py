@@ -1,0 +1,165 @@
+"""hydra-submitit-launcher's launchers, made to keep a sweep's results when some of its jobs fail.
+
+The stock launcher (hydra_plugins.hydra_submitit_launcher) collects results in submission order and
+raises at the first failed job, so the user loses sight of every job after it and never learns where the
+failed job's log is. These launchers wait for every job, report each failure with the job's log files and
+run folder, print a one-line summary, and only then fail the sweep (exit status 1), naming all failures.
+Each run's results are in its own folder whatever happens to the others.
+
+They also add to the local launcher a cap on how many runs run at once (`parallelism`), which submitit's
+local executor lacks, and submit from a clean environment (submitit.helpers.clean_env) so a sweep
+launched from inside a SLURM job (slurm/submit_sweep.sh) does not pass its own allocation to its runs.
+The runs themselves are unchanged: a requeued job reruns the same arguments, and prune_lab resumes it from
+its run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class SweepJobsFailed(RuntimeError):
+    """Some jobs of a sweep failed; the message lists each with its log file."""
+
+
+class Failure(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this module outside sys.modules
+    index: int  # the job's number in the sweep
+    job_id: str
+    overrides: list[str]
+    reason: str
+    logs: list[Path]
+    run_dir: Path | None
+
+    def describe(self) -> str:
+        lines = [f"job {self.job_id} (#{self.index}: {' '.join(self.overrides) or 'no overrides'}): {self.reason}"]
+        lines += [f"    log: {path}" for path in self.logs]
+        if self.run_dir is not None:
+            lines.append(f"    run folder: {self.run_dir}")
+        return "\n".join(lines)
+
+
+def _last_line(path: Path, marker: str = "prune_lab: error:") -> str | None:
+    """The run's own error line in a log, else its last non-blank line (the exception, usually)."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    ours = [line for line in lines if line.startswith(marker)]
+    return (ours or lines or [None])[-1]
+
+
+class _Collecting(BaseSubmititLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit  # lazy, as in the plugin: keeps Hydra's plugin discovery fast
+
+        assert self.config is not None
+        params = dict(self.params)
+        parallelism = params.pop("parallelism", None)
+        init = {"folder": params.pop("submitit_folder")}
+        if "max_num_timeout" in params:
+            init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in shared else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        job_params = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+
+        with submitit.helpers.clean_env():  # no SLURM_* of a surrounding job leaks into the runs' allocations
+            if parallelism:
+                jobs = _bounded(executor, self, job_params, int(parallelism))
+            else:
+                jobs = executor.map_array(self, *zip(*job_params))
+        if jobs:
+            logs = Path(init["folder"]).parent
+            log.info(f"Submitted {len(jobs)} job(s) (first: {jobs[0].job_id}); their logs are under {logs}")
+        return self._collect(jobs, job_overrides, initial_job_idx, sweep_dir)
+
+    def _collect(self, jobs: list[Any], job_overrides: Sequence[Sequence[str]], first_idx: int,
+                 sweep_dir: Path) -> list[JobReturn]:
+        """Wait for every job (in order: each wait is short once earlier ones are done) and report failures."""
+        returns, failures = [], []
+        for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), start=first_idx):
+            logs = [job.paths.stdout, job.paths.stderr]
+            try:
+                ret = job.results()[0]
+            except Exception as e:  # no result came back: exit 2 (config error), cancelled, out of memory, node lost
+                state = getattr(job, "state", "?")  # SLURM's: FAILED, CANCELLED, OUT_OF_MEMORY, TIMEOUT, NODE_FAIL...
+                detail = _last_line(job.paths.stderr) or f"{type(e).__name__}"
+                reason = f"ended without a result (state {state}): {detail}"
+                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+                failures.append(Failure(idx, job.job_id, list(filter_overrides(overrides)), reason, logs,
+                                        self._run_dir(overrides)))
+            else:
+                if ret.status == JobStatus.FAILED:  # the run raised; prune_lab wrote error.json in its folder
+                    error = ret._return_value
+                    run_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir)) if ret.hydra_cfg else None
+                    failures.append(Failure(idx, job.job_id, list(filter_overrides(overrides)),
+                                            f"{type(error).__name__}: {error}", logs, run_dir))
+            if failures and failures[-1].index == idx:
+                log.error(f"FAILED {failures[-1].describe()}")
+            returns.append(ret)
+        done = len(jobs) - len(failures)
+        log.info(f"Sweep finished: {done} of {len(jobs)} job(s) succeeded; results in {sweep_dir}/<overrides>/")
+        if failures:
+            error = SweepJobsFailed(
+                f"{len(failures)} of {len(jobs)} sweep job(s) failed; the other {done} finished and kept their "
+                f"results in {sweep_dir}.\n" + "\n".join(f.describe() for f in failures)
+                + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume."
+            )
+            for failure in failures:  # Hydra's sweeper raises the first failed job's value: this summary
+                returns[failure.index - first_idx].status = JobStatus.FAILED
+                returns[failure.index - first_idx]._return_value = error
+        return returns
+
+    def _run_dir(self, overrides: Sequence[str]) -> Path | None:
+        """The run folder a job would have written (its config as the job composed it)."""
+        try:
+            assert self.hydra_context is not None and self.config is not None
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            return Path(str(cfg.hydra.sweep.dir)).absolute() / str(cfg.hydra.sweep.subdir)
+        except Exception:  # only a hint for the report
+            return None
+
+
+def _bounded(executor: Any, fn: Any, job_params: list[tuple[Any, ...]], limit: int) -> list[Any]:
+    """Submit at most `limit` jobs at a time, the next as soon as one ends (runs until all have started)."""
+    jobs: list[Any] = [None] * len(job_params)
+    pending, running = list(range(len(job_params))), []
+    while pending:
+        running = [i for i in running if not jobs[i].done()]
+        while pending and len(running) < limit:
+            i = pending.pop(0)
+            jobs[i] = executor.submit(fn, *job_params[i])
+            running.append(i)
+        if pending:
+            time.sleep(0.5)
+    return jobs
+
+
+class SlurmLauncher(_Collecting):
+    _EXECUTOR = "slurm"
+
+
+class LocalLauncher(_Collecting):
+    _EXECUTOR = "local"

@@ -1,0 +1,88 @@
+"""kill -9 of a local run mid-training, then the same command again: it resumes and ends exactly where an
+uninterrupted run ends (levels, final weights, metrics), and nothing half-written is read as a result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import ROOT, read_json
+
+from prune_lab.results import read_results
+
+# Penguins, a batch of 16 (14 steps an epoch) so most of the time is spent inside epochs; a checkpoint
+# at every epoch end. One thread: the reference and the killed run must compute the same way.
+EPOCHS = 30
+ARGS = ["device=cpu", "seed=7", "sparsity=0.5", f"train.epochs={EPOCHS}", f"train.finetune_epochs={EPOCHS}",
+        "train.batch_size=16", "train.checkpoint_every_s=0"]
+
+
+def start(run_dir: Path, cache: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PRUNE_LAB_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "prune_lab", f"hydra.run.dir={run_dir}", *ARGS], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared:\n{proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+        time.sleep(0.01)
+
+
+def epoch_lines(path: Path) -> list[tuple[str, int]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["phase"], r["epoch"]) for r in records if "epoch" in r]
+
+
+def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    ref_proc = start(reference, tmp_path / "cache_ref")  # runs alongside; separate dense caches, so the
+    proc = start(killed, tmp_path / "cache_killed")      # killed run really trains (and resumes) its dense phase
+
+    # Dense finished, fine-tuning under way with at least one epoch checkpoint: kill it without warning.
+    wait_for(killed / "checkpoints" / "finetune.partial.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "results.json").exists()
+    assert read_results(killed) is None  # whatever is in the folder, nothing reads as a finished run
+    assert (killed / "checkpoints" / "dense.done.pt").exists()
+
+    out = finish(start(killed, tmp_path / "cache_killed"))  # the same command again
+    assert "phase finetune resumes from its checkpoint at epoch" in out, out[-3000:]
+    finish(ref_proc)
+
+    ref, res = read_json(reference / "results.json"), read_json(killed / "results.json")
+    assert res["resumed"][0] == {"phase": "dense", "restored": True}
+    assert res["resumed"][1]["phase"] == "finetune" and 1 <= res["resumed"][1]["from_epoch"] < EPOCHS
+    assert ref["resumed"] == []
+    assert res["levels"] == ref["levels"]  # every accuracy, loss and measured sparsity, bit for bit
+    assert res["config_hash"] == ref["config_hash"]
+
+    ref_model = torch.load(reference / "model.pt", weights_only=False)
+    res_model = torch.load(killed / "model.pt", weights_only=False)
+    assert ref_model["state_dict"].keys() == res_model["state_dict"].keys()
+    for name, tensor in ref_model["state_dict"].items():
+        assert torch.equal(tensor, res_model["state_dict"][name]), name
+    for name, keep in ref_model["masks"].items():
+        assert torch.equal(keep, res_model["masks"][name]), name
+
+    # The live log got the epochs between the last checkpoint and the kill twice; the final rewrite keeps one.
+    lines = epoch_lines(killed / "metrics.jsonl")
+    assert len(lines) == len(set(lines)) == 2 * EPOCHS
+    assert (killed / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    assert not list(killed.glob("checkpoints/*.pt"))  # cleared once results were written

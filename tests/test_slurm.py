@@ -1,0 +1,184 @@
+"""The sweep on a real single-node SLURM cluster (slurm/start_local_cluster.sh, started by the tests).
+
+Outside CI, without root or apt the tests skip and say why; in CI (CI=true) they fail instead.
+Tiny penguin runs on the CPU, one thread each, so several jobs share the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, read_json, results_below, run_cli
+
+pytestmark = pytest.mark.slurm
+
+START = ROOT / "slurm" / "start_local_cluster.sh"
+SUBMIT = ROOT / "slurm" / "submit_sweep.sh"
+ON_CPU = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+          "hydra.launcher.timeout_min=10", "device=cpu"]
+TINY = ["train.epochs=3", "train.finetune_epochs=2"]
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    give_up = pytest.fail if in_ci else pytest.skip
+    if os.geteuid() != 0:
+        give_up("the SLURM tests start a local cluster with slurm/start_local_cluster.sh, which needs root")
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        give_up("the SLURM tests need Debian/Ubuntu (apt-get) to install a local cluster, or SLURM installed")
+    try:
+        done = subprocess.run([str(START)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        give_up("slurm/start_local_cluster.sh did not finish within 15 minutes")
+    if done.returncode != 0:
+        give_up(f"slurm/start_local_cluster.sh could not start the cluster:\n{done.stderr[-3000:]}")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """One torch thread per run; a dense-training cache of this test's own."""
+    return {"OMP_NUM_THREADS": "1", "PRUNE_LAB_CACHE_DIR": str(tmp_path / "cache"), "PRUNE_LAB_PYTHON": sys.executable}
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[0].split()[0] if out.stdout.strip() else "UNKNOWN"
+
+
+def wait_for_job(job_id: str, timeout: float = 400) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := sacct_state(job_id)) not in TERMINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {state} after {timeout}s"
+        time.sleep(2)
+    return state
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    return {name: ((run_dir / name).stat().st_mtime_ns, (run_dir / name).read_bytes())
+            for name in ("results.json", "metrics.jsonl", "model.pt")}
+
+
+def test_submitted_sweep_returns_all_results_and_a_relaunch_trains_only_new_runs(
+        slurm_cluster: None, tmp_path: Path, env: dict[str, str]) -> None:
+    sweep = tmp_path / "sweep"
+    grid = ["init=xavier_normal,kaiming_uniform", *ON_CPU, *TINY]
+    submitted = subprocess.run([str(SUBMIT), str(sweep), *grid, "seed=0,1"], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=60, env={**os.environ, **env})
+    assert submitted.returncode == 0, submitted.stderr
+    driver = (sweep / ".driver" / "jobid").read_text().strip()
+    assert f"driver log   : {sweep}/.driver/driver-{driver}.log" in submitted.stdout
+    assert wait_for_job(driver) == "COMPLETED", (sweep / ".driver" / f"driver-{driver}.log").read_text()[-3000:]
+
+    first = {p.parent: read_json(p) for p in results_below(sweep)}
+    assert sorted((r["init"], r["seed"]) for r in first.values()) == [
+        ("kaiming_uniform", 0), ("kaiming_uniform", 1), ("xavier_normal", 0), ("xavier_normal", 1)]
+    for run_dir, record in first.items():
+        assert f"init={record['init']}" in run_dir.name and f"seed={record['seed']}" in run_dir.name
+        assert record["environment"]["SLURM_JOB_ID"] and record["environment"]["SLURM_JOB_PARTITION"] == "cpu"
+        assert [level["name"] for level in record["levels"]] == ["dense", "pruned"]
+    before = {run_dir: snapshot(run_dir) for run_dir in first}
+
+    # The same sweep with one more seed, into the same folder: only the two new runs train.
+    again = run_cli("-m", f"hydra.sweep.dir={sweep}", *grid, "seed=0,1,2", cwd=tmp_path, env=env, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {p.parent: read_json(p) for p in results_below(sweep)}
+    new = sorted(set(after) - set(first))
+    assert len(after) == 6 and {after[d]["seed"] for d in new} == {2}
+    for run_dir in first:  # not one byte, not one timestamp changed; no checkpoint folder was even created
+        assert snapshot(run_dir) == before[run_dir]
+        assert not (run_dir / "checkpoints").exists()
+    array = after[new[0]]["environment"]["SLURM_ARRAY_JOB_ID"]
+    logs = [p.read_text() for p in sweep.glob(f".submitit/{array}_*/{array}_*_0_log.out")]
+    assert len(logs) == 6
+    for run_dir in first:
+        said = [log for log in logs if f"{run_dir} is already complete" in log and "skipping" in log]
+        assert len(said) == 1, f"no job log says {run_dir} was skipped"
+        assert "resumes from its checkpoint" not in said[0]
+    assert sum("already complete" in log for log in logs) == 4
+
+
+def test_a_failed_job_is_reported_with_its_log_and_the_others_keep_their_results(
+        slurm_cluster: None, tmp_path: Path, env: dict[str, str]) -> None:
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", f"hydra.sweep.dir={sweep}", *ON_CPU, *TINY, "sparsity=0.5,1.5", cwd=tmp_path, env=env,
+                   timeout=400)
+    assert done.returncode != 0
+    report = done.stdout + done.stderr
+    assert "1 of 2 sweep job(s) failed; the other 1 finished" in report, report[-3000:]
+    err_logs = re.findall(r"log: (\S+_log\.err)", report)
+    assert err_logs, report[-3000:]
+    assert "sparsity=1.5 is outside [0, 1)" in Path(err_logs[0]).read_text()
+    assert [read_json(p)["target_sparsity"] for p in results_below(sweep)] == [0.5]
+    failed = next(sweep.glob("*sparsity=1.5*"))
+    assert read_json(failed / "error.json")["kind"] == "config" and not (failed / "results.json").exists()
+
+
+def test_a_job_requeued_mid_training_resumes_and_matches_an_uninterrupted_run(
+        slurm_cluster: None, tmp_path: Path, env: dict[str, str]) -> None:
+    sweep, name = tmp_path / "sweep", f"requeue_{uuid.uuid4().hex[:8]}"
+    args = ["device=cpu", "seed=5", "sparsity=0.6", "train.epochs=300", "train.finetune_epochs=30",
+            "train.batch_size=16", "train.checkpoint_every_s=0"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "prune_lab", "-m", f"hydra.sweep.dir={sweep}", *ON_CPU[:-1],
+         f"hydra.launcher.name={name}", *args], cwd=tmp_path, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("*/checkpoints/dense.partial.pt")):  # a few epochs into 300
+        assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the job never wrote an epoch checkpoint"
+        time.sleep(0.05)
+    job_id = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    assert job_id, "the job is not in squeue"
+    # What preemption with requeue does: kill the job where it stands and put it back in the queue.
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+
+    # The uninterrupted reference: the same run, locally, while the job waits to start again.
+    reference = run_cli(f"hydra.run.dir={tmp_path / 'reference'}", *args, cwd=tmp_path,
+                        env={**env, "PRUNE_LAB_CACHE_DIR": str(tmp_path / "cache_ref")})
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out, _ = launcher.communicate(timeout=400)
+    assert launcher.returncode == 0, out[-3000:]
+    (run_dir,) = [p.parent for p in results_below(sweep)]
+    record = read_json(run_dir / "results.json")
+    assert record["environment"]["SLURM_RESTART_COUNT"] == "1", record["environment"]
+    assert record["resumed"] and record["resumed"][0]["phase"] == "dense", record["resumed"]
+    ref_dir = tmp_path / "reference"
+    assert record["levels"] == read_json(ref_dir / "results.json")["levels"]
+    ours, theirs = torch.load(run_dir / "model.pt"), torch.load(ref_dir / "model.pt")
+    for key, tensor in theirs["state_dict"].items():
+        assert torch.equal(tensor, ours["state_dict"][key]), key
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [(r["phase"], r["epoch"]) for r in lines if "epoch" in r]
+    assert len(epochs) == len(set(epochs)) == 330
+    assert (run_dir / "metrics.jsonl").read_text() == (ref_dir / "metrics.jsonl").read_text()
+
+
+def test_a_gpu_profile_job_gets_a_gpu_by_gres_and_sees_cuda_visible_devices(
+        slurm_cluster: None, tmp_path: Path, env: dict[str, str]) -> None:
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", f"hydra.sweep.dir={sweep}", "hydra/launcher=slurm_gpu", "hydra.launcher.cpus_per_task=1",
+                   "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10", "device=cpu", *TINY, cwd=tmp_path,
+                   env=env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = results_below(sweep)
+    environment = read_json(result)["environment"]
+    assert environment["SLURM_JOB_PARTITION"] == "gpu"
+    assert environment["CUDA_VISIBLE_DEVICES"] == "0"  # set by SLURM from the fake GPU it allocated
+    tres = subprocess.run(["sacct", "-n", "-X", "-P", "-j", environment["SLURM_JOB_ID"], "-o", "AllocTRES"],
+                          capture_output=True, text=True).stdout
+    assert "gres/gpu=1" in tres, tres
+    (script,) = sweep.glob(".submitit/*/*submission.sh")
+    assert "#SBATCH --gres=gpu:1" in script.read_text()

@@ -62,10 +62,10 @@ def _last_line(path: Path, marker: str = "prune_lab: error:") -> str | None:
 
 
 class _Collecting(BaseSubmititLauncher):
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def executor(self) -> tuple[Any, int | None]:
+        """submitit's executor set up from the profile (as the plugin does), and the cap on parallel local runs."""
         import submitit  # lazy, as in the plugin: keeps Hydra's plugin discovery fast
 
-        assert self.config is not None
         params = dict(self.params)
         parallelism = params.pop("parallelism", None)
         init = {"folder": params.pop("submitit_folder")}
@@ -74,7 +74,13 @@ class _Collecting(BaseSubmititLauncher):
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in shared else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
+        return executor, parallelism
 
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit  # lazy, as in the plugin: keeps Hydra's plugin discovery fast
+
+        assert self.config is not None
+        executor, parallelism = self.executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
@@ -91,7 +97,7 @@ class _Collecting(BaseSubmititLauncher):
             else:
                 jobs = executor.map_array(self, *zip(*job_params))
         if jobs:
-            logs = Path(init["folder"]).parent
+            logs = Path(str(self.params["submitit_folder"])).parent
             log.info(f"Submitted {len(jobs)} job(s) (first: {jobs[0].job_id}); their logs are under {logs}")
         return self._collect(jobs, job_overrides, initial_job_idx, sweep_dir)
 

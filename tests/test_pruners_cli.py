@@ -1,0 +1,131 @@
+"""Every `pruner=` option end to end from the command line, on penguins and on real MNIST: each level it
+reports is in results.json with its per-layer sparsity, and a rerun replays stored phases (the teacher
+and the late-rewinding point included) instead of training them again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_json, run_cli
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+PRUNERS = sorted(p.stem for p in (CONF / "pruner").glob("*.yaml"))
+README = Path(__file__).resolve().parent.parent / "README.md"
+# Tiny budgets; imp runs its dense round and the rounds to 50% (1 - 0.8^4 >= 0.5): 5 phases.
+PENGUINS = ["sparsity=0.5", "train.epochs=2", "train.finetune_epochs=1", "pruner.rounds=3"]
+
+
+def pruner_overrides(pruner: str, base: list[str]) -> list[str]:
+    """`pruner.rounds` only where the option has it (SynFlow's 100 rounds: 3 are enough to test)."""
+    text = (CONF / "pruner" / f"{pruner}.yaml").read_text()
+    return [o for o in base if not o.startswith("pruner.rounds") or "\nrounds:" in text]
+
+
+def check_levels(run: Path) -> list[dict]:
+    """Every level the run reported (metrics.jsonl) is in results.json, with per-layer sparsity that adds up."""
+    res = read_json(run / "results.json")
+    levels = res["levels"]
+    assert levels, "no level recorded"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in logged if "level_record" in r] == [lv["name"] for lv in levels]
+    for lv in levels:
+        layers = lv["layers"]
+        assert layers and sum(x["numel"] for x in layers.values()) == lv["prunable_total"]
+        assert sum(x["nonzero"] for x in layers.values()) == lv["prunable_nonzero"]
+        for x in layers.values():
+            assert x["sparsity"] == pytest.approx(1 - x["nonzero"] / x["numel"])
+        assert lv["sparsity"] == pytest.approx(1 - lv["prunable_nonzero"] / lv["prunable_total"])
+    # The last level is the saved model: its per-layer counts are the weights' own.
+    saved = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    for name, x in levels[-1]["layers"].items():
+        assert int(torch.count_nonzero(saved[name])) == x["nonzero"], name
+    return levels
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_pruner_runs_end_to_end_on_penguins(tmp_path: Path, pruner: str):
+    proc = run_cli(f"pruner={pruner}", *pruner_overrides(pruner, PENGUINS), "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    levels = check_levels(tmp_path / "run")
+    final = levels[-1]
+    if pruner == "none":
+        assert final["sparsity"] == 0.0
+    elif pruner == "gradual":  # its own schedule: 17% of the remaining weights, twice
+        assert final["sparsity"] == pytest.approx(1 - 0.83**2, abs=0.01)
+    elif pruner == "unit":  # half the hidden units; the output layer's rows are the classes, kept
+        assert final["layers"]["net.1.weight"]["sparsity"] == 0.5 and final["layers"]["net.3.weight"]["nonzero"] == 36
+    else:
+        assert final["sparsity"] == pytest.approx(0.5, abs=0.01) and final["target_sparsity"] == 0.5
+    if pruner == "imp":
+        assert [lv["name"] for lv in levels] == ["dense", "round-1", "round-2", "round-3", "round-4"]
+        assert [lv["round"] for lv in levels] == [0, 1, 2, 3, 4]
+
+
+def test_readme_lists_every_pruner_with_its_source():
+    section = README.read_text().split("<!-- BEGIN pruners -->")[1].split("<!-- END pruners -->")[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines()
+            if line.startswith("| `") and not line.startswith("| `pruner=`")}
+    assert set(rows) == set(PRUNERS), "README's pruner table and conf/pruner/ disagree"
+    for name, row in rows.items():
+        assert name == "none" or any(ch.isdigit() for ch in row), f"{name}: no source paper (author year)"
+
+
+def test_help_lists_every_pruner(tmp_path: Path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for pruner in PRUNERS:
+        assert pruner in proc.stdout
+
+
+def test_rerun_restores_teacher_and_late_rewind_point_from_the_store(tmp_path: Path):
+    args = ["pruner=imp", "sparsity=0.36", "train.epochs=2", "pruner.rewind=step:3", "pruner.distill.alpha=0.5",
+            "keep_checkpoints=true", "hydra.run.dir=run"]
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    stored = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.pt")}
+    assert {"dense.done.pt", "rewind-point.snapshot.pt", "round-1.done.pt", "round-2.done.pt"} <= set(stored)
+    before = read_json(run / "results.json")["levels"]
+    (run / "results.json").unlink()  # as if the run had died just before writing its results
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    # Nothing was trained or captured again: every stored file is untouched ...
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.pt")} == stored
+    # ... and the replay gives the same levels (the distilled rounds saw the same teacher).
+    after = read_json(run / "results.json")["levels"]
+    assert [(lv["name"], lv["test_acc"], lv["test_loss"]) for lv in after] == \
+        [(lv["name"], lv["test_acc"], lv["test_loss"]) for lv in before]
+
+
+@pytest.mark.parametrize(("override", "fix"), [
+    ("pruner=imp pruner.rewind=epoch:-1", "pruner.rewind"),
+    ("pruner=imp pruner.rewind=epoch:5 train.epochs=2", "past the end of dense training"),
+    ("pruner=imp pruner.rate=1.2", "pruner.rate"),
+    ("pruner=imp pruner.layer_rates={nope.weight:0.1}", "matches no prunable weight"),
+    ("pruner=imp pruner.reinit=random pruner.rewind=step:2", "pruner.reinit=original"),
+    ("pruner=agp pruner.start=0.9 pruner.end=0.1", "pruner.start"),
+    ("pruner=magnitude pruner.distill.alpha=2", "pruner.distill.alpha"),
+    ("pruner=synflow pruner.rounds=0", "pruner.rounds"),
+])
+def test_bad_pruner_settings_stop_before_training_with_what_to_fix(tmp_path: Path, override: str, fix: str):
+    proc = run_cli(*override.split(), "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert fix in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert "train_loss" not in ((tmp_path / "run" / "metrics.jsonl").read_text()
+                                if (tmp_path / "run" / "metrics.jsonl").exists() else "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_pruner_runs_end_to_end_on_mnist(tmp_path: Path, data_dir: Path, pruner: str):
+    base = ["sparsity=0.5", "train.epochs=1", "train.finetune_epochs=1", "pruner.rounds=3"]
+    proc = run_cli(f"pruner={pruner}", "dataset=mnist", f"dataset.data_dir={data_dir}", "dataset.train_subset=2000",
+                   "model=lenet_300_100", *pruner_overrides(pruner, base), "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    levels = check_levels(tmp_path / "run")
+    assert set(levels[-1]["layers"]) == {"net.1.weight", "net.3.weight", "net.5.weight"}
+    assert levels[-1]["test_acc"] > 0.5, "MNIST after one epoch on 2000 images: far above chance (0.1)"

@@ -18,6 +18,7 @@ from multirun_analysis.stats import (
     paired_test,
     per_seed,
     robustness,
+    robustness_per_seed,
     summarize,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "plot_tradeoff",
     "plot_training",
     "robustness",
+    "robustness_per_seed",
     "save",
     "summarize",
     "write_report",

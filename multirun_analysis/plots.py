@@ -125,19 +125,21 @@ def plot_tradeoff(
     style_vals = sorted(summary.apply(_label, axis=1, cols=styles).unique()) if styles else [""]
     color = dict(zip(hue_vals, itertools.cycle(COLORS)))
     dash = {v: (DASHES[i % len(DASHES)], MARKERS[i % len(MARKERS)]) for i, v in enumerate(style_vals)}
-    fig, axes = _grid(len(row_vals), len(col_vals), width=6.0, height=4.4)
+    fig, axes = _grid(len(row_vals), len(col_vals), width=7.0 if len(col_vals) == 1 else 5.5, height=4.8)
     summary["_col"] = summary.apply(_label, axis=1, cols=cols) if cols else ""
     summary["_row"] = summary.apply(_label, axis=1, cols=rows) if rows else ""
     summary["_style"] = summary.apply(_label, axis=1, cols=styles) if styles else ""
     for (r, rv), (c, cv) in itertools.product(enumerate(row_vals), enumerate(col_vals)):
         ax = axes[r, c]
         panel = summary[(summary["_row"] == rv) & (summary["_col"] == cv)]
+        n_lines = panel.groupby([panel[hue].astype(str), "_style"]).ngroups
+        band_alpha = max(0.05, 0.2 / max(1.0, n_lines / 2) ** 0.5)  # many overlapping bands stay see-through
         for (h, s), line in panel.groupby([panel[hue].astype(str), "_style"], sort=True):
             line = line.sort_values(LEVEL)
             ls, marker = dash[s]
             label = " · ".join(v for v in (h, s if len(style_vals) > 1 else "") if v)
             ax.plot(line["x"], line["mean"], ls, marker=marker, color=color[h], lw=2, ms=5, label=label)
-            ax.fill_between(line["x"], line["ci_low"], line["ci_high"], color=color[h], alpha=0.15, lw=0)
+            ax.fill_between(line["x"], line["ci_low"], line["ci_high"], color=color[h], alpha=band_alpha, lw=0)
             dense = line[line[LEVEL] == 0]
             if not dense.empty:
                 ax.axhline(dense["mean"].iloc[0], color=color[h], ls=":", lw=1.2, alpha=0.8)

@@ -17,7 +17,15 @@ import pandas as pd
 
 from multirun_analysis.loading import Sweep, load_curves
 from multirun_analysis.plots import Facet, plot_layers, plot_tradeoff, plot_training, save
-from multirun_analysis.stats import LEVEL, compare, condition_columns, robustness, summarize
+from multirun_analysis.stats import (
+    LEVEL,
+    compare,
+    condition_columns,
+    paired_test,
+    robustness,
+    robustness_per_seed,
+    summarize,
+)
 
 CAVEAT = (
     "Seeds are the unit of replication: each test pairs the two schemes' runs of the same seed. With n seeds "
@@ -53,6 +61,73 @@ def _pct(level: float) -> str:
     return f"{level * 100:.4g}%"
 
 
+def _groups(df: pd.DataFrame, context: Sequence[str]):
+    """(context name, rows) per context, in sorted order; one unnamed group without context columns."""
+    if not context:
+        return [("", df)]
+    return [
+        (_context_name(g.iloc[0], context), g) for _, g in df.groupby(list(context), dropna=False, sort=True)
+    ]
+
+
+def _level_sentence(row: pd.Series, metric: str, scale: float, unit: str) -> str:
+    lead = (row["best_mean"] - row["runner_up_mean"]) * scale
+    where = f"At sparsity {_pct(row[LEVEL])}{' (dense)' if row[LEVEL] == 0 else ''}"
+    if row["n_pairs"] >= 1 and row["mean_diff"] == 0 and math.isnan(row["p_wilcoxon"]):
+        return f"- {where}, **{row['best']}** and {row['runner_up']} tie: the same {metric} on every seed."
+    if abs(lead) < 1e-9:
+        return (
+            f"- {where}, **{row['best']}** and {row['runner_up']} tie in the mean ({metric} "
+            f"{row['best_mean'] * scale:.4g}); no scheme leads."
+        )
+    if row["n_pairs"] < 2:
+        verdict = f"untested (only {row['n_pairs']} seed(s) in common)"
+    else:
+        sig = "**significant**" if row["significant"] else "not significant"
+        verdict = (
+            f"{sig} (paired t-test p = {row['p_t']:.3g}, Wilcoxon p = {row['p_wilcoxon']:.3g}, "
+            f"n = {row['n_pairs']} seeds)"
+        )
+    return (
+        f"- {where}, **{row['best']}** is best with mean {metric} {row['best_mean'] * scale:.4g}; its lead "
+        f"of {lead:.3g}{unit} over {row['runner_up']} is {verdict}."
+    )
+
+
+def _robust_sentence(row: pd.Series, hue: str, metric: str, scale: float) -> str:
+    crit = (
+        "not defined (no dense level)"
+        if math.isnan(row["critical_sparsity"])
+        else _pct(row["critical_sparsity"])
+    )
+    spread = ""
+    if row["n_seeds"] > 1:
+        spread = (
+            f" (per seed: mean {_pct(row['critical_seed_mean'])}, sd {_pct(row['critical_seed_std'])}, "
+            f"range {_pct(row['critical_seed_min'])}–{_pct(row['critical_seed_max'])}, n = {row['n_seeds']})"
+        )
+    return (
+        f"- {row[hue]}: area {row['auc']:.4g} over sparsity 0–{_pct(row['max_level'])} (a mean {metric} of "
+        f"{row['auc_norm'] * scale:.4g} across it); critical sparsity {crit}{spread}."
+    )
+
+
+def _auc_test(per_seed_auc: pd.DataFrame, hue: str, top: pd.Series, second: pd.Series) -> str:
+    """The paired test of two schemes' per-seed areas, in words."""
+    mine = per_seed_auc
+    for c in [c for c in per_seed_auc.columns if c not in (hue, "seed", "auc", "critical")]:
+        mine = mine[(mine[c] == top[c]) | (mine[c].isna() & pd.isna(top[c]))]
+    wide = mine.pivot_table(index="seed", columns=hue, values="auc") if not mine.empty else pd.DataFrame()
+    if top[hue] not in wide or second[hue] not in wide:
+        return "no seeds in common to test the lead"
+    pair = wide[[top[hue], second[hue]]].dropna()
+    test = paired_test(pair[top[hue]], pair[second[hue]])
+    if test["n_pairs"] < 2 or math.isnan(test["p_t"]):
+        return f"the per-seed areas cannot be tested (n = {test['n_pairs']})"
+    sig = "**significant**" if test["p_t"] < 0.05 else "not significant"
+    return f"the lead is {sig} (paired t-test on per-seed areas p = {test['p_t']:.3g}, n = {test['n_pairs']})"
+
+
 def answer_sentences(
     comparisons: pd.DataFrame,
     robust: pd.DataFrame,
@@ -60,58 +135,35 @@ def answer_sentences(
     metric: str,
     context: Sequence[str],
     tolerance: float,
+    per_seed_auc: pd.DataFrame | None = None,
 ) -> list[str]:
-    """The findings in sentences, one list item per context x level and per scheme."""
+    """The findings in sentences, per context (e.g. pruner): the most robust scheme, each level's best
+    scheme and its paired test, and every scheme's area and critical sparsity."""
     scale, unit = (100, " points") if metric.endswith("acc") else (1, "")
+    tol = f"{tolerance * scale:g}{' point' if unit and tolerance * scale == 1 else unit}"
     lines = []
-    for _, group in (
-        comparisons.groupby(list(context), dropna=False, sort=True) if context else [((), comparisons)]
-    ):
-        name = _context_name(group.iloc[0], context)
+    per_seed_auc = pd.DataFrame(columns=["seed", "auc"]) if per_seed_auc is None else per_seed_auc
+    robust_by = dict(_groups(robust, context))
+    for name, group in _groups(comparisons, context) or _groups(robust, context):
         if name:
-            lines.append(f"\n**{name}**\n")
-        for row in group.sort_values(LEVEL).itertuples(index=False):
-            row = row._asdict()
-            lead = (row["best_mean"] - row["runner_up_mean"]) * scale
-            if row["n_pairs"] < 2:
-                verdict = f"no paired test (only {row['n_pairs']} seed(s) in common)"
-            else:
-                sig = "significant" if row["significant"] else "not significant"
-                verdict = (
-                    f"{sig} (paired t-test p = {row['p_t']:.3g}, Wilcoxon p = {row['p_wilcoxon']:.3g}, "
-                    f"n = {row['n_pairs']} seeds)"
-                )
+            lines += ["", f"**{name}**", ""]
+        ranked = robust_by.get(name, robust.iloc[:0]).sort_values("auc", ascending=False)
+        if len(ranked) > 1:
+            top, second = ranked.iloc[0], ranked.iloc[1]
             lines.append(
-                f"- At sparsity {_pct(row[LEVEL])}{' (dense)' if row[LEVEL] == 0 else ''}, "
-                f"**{row['best']}** is best with mean {metric} {row['best_mean'] * scale:.4g}; its lead of "
-                f"{lead:.3g}{unit} over {row['runner_up']} is {verdict}."
+                f"Most robust `{hue}` by area under the curve: **{top[hue]}** ({top['auc']:.4g}), ahead "
+                f"of {second[hue]} ({second['auc']:.4g}); {_auc_test(per_seed_auc, hue, top, second)}."
             )
-    if not robust.empty:
-        tol_unit = " point" if unit and tolerance * scale == 1 else unit
-        lines.append(
-            "\nRobustness (higher area = more accuracy kept across the levels; critical sparsity = "
-            f"highest level whose mean {metric} is within {tolerance * scale:g}{tol_unit} of the dense mean):\n"
-        )
-        for row in robust.sort_values("auc_norm", ascending=False).itertuples(index=False):
-            row = row._asdict()
-            where = _context_name(pd.Series(row), context)
-            crit = (
-                "none measured (no dense level)"
-                if math.isnan(row["critical_sparsity"])
-                else f"{_pct(row['critical_sparsity'])}"
-            )
-            spread = (
-                ""
-                if math.isnan(row["critical_seed_std"])
-                else f" (per seed {_pct(row['critical_seed_mean'])} ± {row['critical_seed_std'] * 100:.2g} points, "
-                f"range {_pct(row['critical_seed_min'])}–{_pct(row['critical_seed_max'])}, "
-                f"n = {row['n_seeds']})"
-            )
-            lines.append(
-                f"- {row[hue]}{f' ({where})' if where else ''}: area {row['auc']:.4g} over sparsity "
-                f"0–{_pct(row['max_level'])} (mean {metric} {row['auc_norm'] * scale:.4g} across it), "
-                f"critical sparsity {crit}{spread}."
-            )
+            lines.append("")
+        lines += [_level_sentence(row, metric, scale, unit) for _, row in group.sort_values(LEVEL).iterrows()]
+        if not ranked.empty:
+            lines += [
+                "",
+                f"Robustness (area under the {metric}–sparsity curve of the mean; critical sparsity = "
+                f"highest level whose mean {metric} is within {tol} of the dense mean):",
+                "",
+            ]
+            lines += [_robust_sentence(row, hue, metric, scale) for _, row in ranked.iterrows()]
     return lines
 
 
@@ -177,7 +229,8 @@ def write_report(
             f"best scheme by mean over seeds against the runner-up (α = {alpha}):",
             "",
         ]
-        lines += answer_sentences(comparisons, robust, hue, metric, context, tolerance)
+        per_seed_auc = robustness_per_seed(runs, metric, by, tolerance)
+        lines += answer_sentences(comparisons, robust, hue, metric, context, tolerance, per_seed_auc)
         lines += ["", f"*Caveat.* {CAVEAT}", ""]
         lines += ["## Accuracy against sparsity", "", "![trade-off](figures/tradeoff.png)", ""]
         lines += [f"> {msg}" for msg in pooled]

@@ -118,6 +118,28 @@ def critical_sparsity(levels: Sequence[float], values: Sequence[float], toleranc
     return float(x[y >= dense - tolerance].max())
 
 
+def robustness_per_seed(
+    df: pd.DataFrame, metric: str = "test_acc", by: str | Sequence[str] | None = None, tolerance: float = 0.01
+) -> pd.DataFrame:
+    """One row per group and seed: the seed's own area under the curve (`auc`) and critical sparsity.
+
+    A seed missing one of its group's levels would be measured over another range, so it is left out.
+    """
+    cols = _by(df, by)
+    seeds = per_seed(df, metric, cols)
+    in_group = seeds.groupby(cols, dropna=False)[LEVEL].transform("nunique")
+    in_seed = seeds.groupby([*cols, SEED], dropna=False)[LEVEL].transform("nunique")
+    per = [
+        {
+            **dict(zip([*cols, SEED], key)),
+            "auc": auc(one[LEVEL], one[metric]),
+            "critical": critical_sparsity(one[LEVEL], one[metric], tolerance),
+        }
+        for key, one in seeds[in_seed == in_group].groupby([*cols, SEED], dropna=False, sort=True)
+    ]
+    return pd.DataFrame(per, columns=[*cols, SEED, "auc", "critical"])
+
+
 def robustness(
     df: pd.DataFrame,
     metric: str = "test_acc",
@@ -134,40 +156,40 @@ def robustness(
       accuracy) of the dense mean; critical_seed_mean/std/min/max: the same per seed (its own dense).
     """
     cols = _by(df, by)
-    seeds = per_seed(df, metric, cols)
-    seed_groups = dict(iter(seeds.groupby(cols, dropna=False, sort=True)))
-    summary = summarize(df, metric, cols, confidence)
+    per_df = robustness_per_seed(df, metric, cols, tolerance)
+    spread = (
+        per_df.groupby(cols, dropna=False)
+        .agg(
+            auc_seed_mean=("auc", "mean"),
+            auc_seed_std=("auc", "std"),
+            critical_seed_mean=("critical", "mean"),
+            critical_seed_std=("critical", "std"),
+            critical_seed_min=("critical", "min"),
+            critical_seed_max=("critical", "max"),
+            n_seeds=(SEED, "nunique"),
+        )
+        .reset_index()
+    )
     rows = []
-    for key, group in summary.groupby(cols, dropna=False, sort=True):
+    for key, group in summarize(df, metric, cols, confidence).groupby(cols, dropna=False, sort=True):
         levels, means = group[LEVEL].to_numpy(), group["mean"].to_numpy()
-        per_auc, per_critical = [], []
-        for _, one in seed_groups[key].groupby(SEED):
-            if set(one[LEVEL]) >= set(levels):  # a seed missing a level would be measured on another range
-                per_auc.append(auc(one[LEVEL], one[metric]))
-                per_critical.append(critical_sparsity(one[LEVEL], one[metric], tolerance))
-        per = pd.DataFrame({"auc": per_auc, "critical": per_critical}, dtype=float)
-        span = levels.max() - levels.min() if len(levels) else math.nan
+        span = levels.max() - levels.min()
         area = auc(levels, means)
         rows.append(
             {
-                **dict(zip(cols, key if isinstance(key, tuple) else (key,))),
+                **dict(zip(cols, key)),
                 "metric": metric,
                 "levels": len(levels),
                 "max_level": levels.max(),
                 "dense_mean": means[levels == 0].mean() if (levels == 0).any() else math.nan,
                 "auc": area,
                 "auc_norm": area / span if span else math.nan,
-                "auc_seed_mean": per["auc"].mean(),
-                "auc_seed_std": per["auc"].std(ddof=1),
                 "critical_sparsity": critical_sparsity(levels, means, tolerance),
-                "critical_seed_mean": per["critical"].mean(),
-                "critical_seed_std": per["critical"].std(ddof=1),
-                "critical_seed_min": per["critical"].min(),
-                "critical_seed_max": per["critical"].max(),
-                "n_seeds": len(per),
             }
         )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows).merge(spread, on=cols, how="left")  # NaN keys (no experiment) match NaN
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    return out
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

@@ -8,7 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multirun_analysis import auc, compare, critical_sparsity, paired_test, robustness, summarize
+from multirun_analysis import (
+    auc,
+    compare,
+    critical_sparsity,
+    paired_test,
+    robustness,
+    robustness_per_seed,
+    summarize,
+)
+from multirun_analysis.report import answer_sentences
 
 # test accuracy of two init schemes, 3 seeds, levels 0 (dense), 0.5 and 0.9
 ACC = {
@@ -27,6 +36,7 @@ def table() -> pd.DataFrame:
                     {
                         "dataset": "d",
                         "model": "m",
+                        "experiment": None,  # as in results.json without an experiment: a NaN group key
                         "init": init,
                         "pruner": "magnitude",
                         "seed": seed,
@@ -112,3 +122,17 @@ def test_grouping_columns_are_arguments():
     assert set(s["train.lr"]) == {0.1, 0.01} and s["n_seeds"].max() == 2
     with pytest.raises(KeyError, match="not in the table"):
         summarize(df, by="nope")
+
+
+def test_report_states_the_answer_in_sentences():
+    df = table()
+    lines = "\n".join(
+        answer_sentences(compare(df), robustness(df), "init", "test_acc", [], 0.01, robustness_per_seed(df))
+    )
+    assert (
+        "At sparsity 90%, **A** is best with mean test_acc 82; its lead of 9 points over B is **significant**"
+        in lines
+    )
+    assert "At sparsity 0% (dense), **A** is best with mean test_acc 92" in lines
+    assert "Most robust `init` by area under the curve: **A** (0.808), ahead of B" in lines
+    assert "critical sparsity 50% (per seed: mean 33.33%" in lines and "range 0%–50%, n = 3" in lines

@@ -151,3 +151,26 @@ def test_cora_refuses_pickles_that_would_run_code(tmp_path: Path, data_dir: Path
     with pytest.raises(UserError, match="never hold"):
         Cora(data_dir=str(tmp_path)).load()
     assert not marker.exists()
+
+
+# --- CIFAR-10's standard augmentation, on tensors in batches --------------------------------------------
+
+
+def test_cifar_crop_flip_is_a_random_padded_window_then_maybe_a_flip_per_image():
+    from prune_lab.data.augment import CropFlip
+
+    x = torch.rand(64, 3, 32, 32) + 1.0  # strictly positive: padding zeros are recognisable
+    out = CropFlip(pad=4)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    offsets, flips = set(), 0
+    for k in range(len(x)):
+        windows = {(i, j): padded[k, :, i:i + 32, j:j + 32] for i in range(9) for j in range(9)}
+        matches = [(i, j, f) for (i, j), w in windows.items() for f in (False, True)
+                   if torch.equal(out[k], w.flip(-1) if f else w)]
+        assert matches, f"image {k} is not a padded 32x32 window of its input (flipped or not)"
+        offsets.add(matches[0][:2])
+        flips += matches[0][2]
+    assert len(offsets) > 10 and 10 < flips < 54, "offsets and flips are drawn per image, not per batch"
+    again = CropFlip(pad=4)(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again), "the generator decides: a resumed epoch draws the same crops"

@@ -97,6 +97,10 @@ def test_models_refuse_data_they_do_not_fit():
         build("gcn", MNIST)
     with pytest.raises(UserError, match="at least 16x16"):
         build("lightcnn9", DataInfo("digits", (1, 8, 8), 10))
+    nodes = DataInfo("cora", (), 7)  # a graph's samples are node indices
+    for model in ("lenet_300_100", "conv6", "resnet20"):
+        with pytest.raises(UserError, match="model=gcn"):
+            build(model, nodes)
 
 
 def test_prunable_weights_of_resnet_and_lightcnn_are_their_convs_and_linears():
@@ -131,14 +135,20 @@ def test_gcn_on_cora_kipf_welling_size_shape_and_pruning(cora):
     assert torch.allclose(gcn(idx.flip(0)), gcn(idx).flip(0))
 
 
-def test_gcn_reaches_75_percent_on_cora_dense(tmp_path: Path, data_dir: Path):
+def test_gcn_reaches_75_percent_on_cora_dense_and_prunes_like_any_linear(tmp_path: Path, data_dir: Path):
     """Kipf & Welling's recipe (Adam 0.01, weight decay 5e-4, dropout 0.5, 200 epochs full batch): ~81%."""
-    proc = run_cli("dataset=cora", f"dataset.data_dir={data_dir}", "model=gcn", "init=xavier_uniform", "pruner=none",
-                   "train.lr=0.01", "train.epochs=200", "train.batch_size=140", "train.eval_every=50",
-                   "+train.optimizer.weight_decay=0.0005", "cache_dir=null", "hydra.run.dir=run", cwd=tmp_path)
+    proc = run_cli("dataset=cora", f"dataset.data_dir={data_dir}", "model=gcn", "init=xavier_uniform",
+                   "pruner=magnitude", "sparsity=0.5", "train.lr=0.01", "train.epochs=200", "train.finetune_epochs=20",
+                   "train.batch_size=140", "train.eval_every=50", "+train.optimizer.weight_decay=0.0005",
+                   "cache_dir=null", "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (level,) = read_json(tmp_path / "run" / "results.json")["levels"]
-    assert level["params_total"] == 23_063
-    assert level["test_acc"] >= 0.75, level
+    dense, pruned = read_json(tmp_path / "run" / "results.json")["levels"]
+    assert dense["params_total"] == 23_063
+    assert dense["test_acc"] >= 0.75, dense
+    # Both weight matrices pruned to 50% each (layerwise magnitude), biases untouched.
+    assert set(pruned["layers"]) == {"conv1.linear.weight", "conv2.linear.weight"}
+    for layer in pruned["layers"].values():
+        assert abs(layer["sparsity"] - 0.5) < 0.01
+    assert pruned["test_acc"] >= 0.7, pruned
     size = (tmp_path / "run" / "model.pt").stat().st_size
     assert size < 200_000, f"model.pt is {size} bytes: the graph must not be saved with the weights"

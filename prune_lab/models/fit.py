@@ -8,6 +8,9 @@ from prune_lab.errors import UserError
 
 def require_image(info: DataInfo, model: str, min_side: int = 1) -> tuple[int, int, int]:
     """(channels, height, width) of an image dataset, or a UserError naming a model that fits."""
+    if not info.input_shape:  # samples without a shape are node indices of a graph (dataset=cora)
+        raise UserError(f"model {model} needs images, but dataset {info.name}'s samples are graph nodes; "
+                        "choose model=gcn")
     if len(info.input_shape) != 3:
         raise UserError(
             f"model {model} needs images (channels, height, width), but dataset {info.name} gives feature "

@@ -16,6 +16,9 @@ class MLP(nn.Module):
         super().__init__()
         if any(int(h) <= 0 for h in hidden):
             raise UserError(f"model.hidden={list(hidden)} must list positive widths")
+        if not info.input_shape:  # samples without a shape are node indices of a graph (dataset=cora)
+            raise UserError(f"an MLP needs feature vectors or images, but dataset {info.name}'s samples are graph "
+                            "nodes; choose model=gcn")
         widths = [math.prod(info.input_shape), *map(int, hidden), info.num_classes]
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):

@@ -247,7 +247,7 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
     done = [o for o in outs if "rows" in o]
     swept = sorted({k for o in done for k in o["overrides"]} - set(CHOICES) - {"seed"})
     conditions = [k for k in swept if k not in NOT_CONDITIONS and not k.endswith(".sparsity")]
-    rows, layers = [], []
+    per_run = []
     for o in done:
         values = {}
         for key in swept:
@@ -256,7 +256,13 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
                 value = _parse_value(o["overrides"][key]) if key in o["overrides"] else value
             values[key] = value if _scalar(value) else json.dumps(value)
         values.pop("sparsity", None)  # the same as run_target_sparsity
-        label = _condition_label({k: values[k] for k in conditions})
+        per_run.append(values)
+    # the label names what tells runs apart: keys with one value in every run, and keys a run lacks
+    # (a pruner without that option), are left out of it
+    varying = [k for k in conditions if len({repr(v[k]) for v in per_run}) > 1]
+    rows, layers = [], []
+    for o, values in zip(done, per_run):
+        label = _condition_label({k: values[k] for k in varying if values[k] is not None})
         rows += [{**row, **values, "condition": label} for row in o["rows"]]
         layers += o["layers"]
     runs = pd.DataFrame(rows)

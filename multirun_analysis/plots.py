@@ -77,7 +77,13 @@ def _percent_axis(ax: plt.Axes, remaining: np.ndarray) -> None:
     ax.set_xscale("log")
     lo = max(float(np.nanmin(remaining)), 1e-3)
     ax.set_xlim(105, lo / 1.25)
-    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01) if t >= lo / 1.3]
+    dense_ticks = lo >= 10  # less than a decade: room for more ticks
+    candidates = (
+        (100, 80, 60, 50, 40, 30, 20, 15, 10)
+        if dense_ticks
+        else (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+    )
+    ticks = [t for t in candidates if t >= lo / 1.3]
     ax.xaxis.set_major_locator(plt.FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(LogLocator(subs="auto"))
@@ -139,7 +145,9 @@ def plot_tradeoff(
             ls, marker = dash[s]
             label = " · ".join(v for v in (h, s if len(style_vals) > 1 else "") if v)
             ax.plot(line["x"], line["mean"], ls, marker=marker, color=color[h], lw=2, ms=5, label=label)
-            ax.fill_between(line["x"], line["ci_low"], line["ci_high"], color=color[h], alpha=band_alpha, lw=0)
+            ax.fill_between(
+                line["x"], line["ci_low"], line["ci_high"], color=color[h], alpha=band_alpha, lw=0
+            )
             dense = line[line[LEVEL] == 0]
             if not dense.empty:
                 ax.axhline(dense["mean"].iloc[0], color=color[h], ls=":", lw=1.2, alpha=0.8)

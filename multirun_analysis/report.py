@@ -144,7 +144,8 @@ def answer_sentences(
     lines = []
     per_seed_auc = pd.DataFrame(columns=["seed", "auc"]) if per_seed_auc is None else per_seed_auc
     robust_by = dict(_groups(robust, context))
-    for name, group in _groups(comparisons, context) or _groups(robust, context):
+    compared = dict(_groups(comparisons, context)) if not comparisons.empty else {}
+    for name in dict.fromkeys([*compared, *robust_by]):  # a context with one scheme has no comparison
         if name:
             lines += ["", f"**{name}**", ""]
         ranked = robust_by.get(name, robust.iloc[:0]).sort_values("auc", ascending=False)
@@ -155,7 +156,11 @@ def answer_sentences(
                 f"of {second[hue]} ({second['auc']:.4g}); {_auc_test(per_seed_auc, hue, top, second)}."
             )
             lines.append("")
-        lines += [_level_sentence(row, metric, scale, unit) for _, row in group.sort_values(LEVEL).iterrows()]
+        if name in compared:
+            levels = compared[name].sort_values(LEVEL)
+            lines += [_level_sentence(row, metric, scale, unit) for _, row in levels.iterrows()]
+        else:
+            lines.append(f"- Only one `{hue}` here: nothing to compare.")
         if not ranked.empty:
             lines += [
                 "",
@@ -209,11 +214,18 @@ def write_report(
         comparisons.to_csv(out / "comparisons.csv", index=False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            figures = {"tradeoff": plot_tradeoff(runs, hue=hue, style=style, col=col, metric=metric, x=x)}
+            # what else tells curves apart (another swept setting, a second pruner without a style) gets a row
+            facets = [*([style] if style else []), *([col] if isinstance(col, str) else col or [])]
+            extra = [c for c in context if c not in facets] or None
+            figures = {
+                "tradeoff": plot_tradeoff(runs, hue=hue, style=style, col=col, row=extra, metric=metric, x=x)
+            }
         pooled = [str(w.message) for w in caught]
         curves = load_curves(runs)
         if not curves.empty and "val_acc" in curves:
-            figures["training"] = plot_training(curves, hue=hue)
+            figures["training"] = plot_training(
+                curves, hue=hue, style=style, col=["phase", *[c for c in context if c != style]]
+            )
         if not sweep.layers.empty and (sweep.layers["target_level"] > 0).any():
             figures["layers"] = plot_layers(
                 sweep.layers,

@@ -2,7 +2,8 @@
 
 The sweep holds, besides complete runs: a job that stopped on a config error (sparsity=1.5: error.json),
 a run killed mid-training (no results.json), and a run whose results.json was cut short (corrupt).
-A second sweep with another pruner and a third with perturbed levels test merging and alignment.
+A second sweep with iterative pruning (one level per round, each measured near its own target) and a
+third with perturbed levels test merging and alignment.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, run_cli
 
 from multirun_analysis import load_curves, load_runs, load_sweep, plot_tradeoff, summarize
-from conftest import ROOT, run_cli
 
 BUDGET = ["train.epochs=2", "train.finetune_epochs=1"]
 NOTEBOOK = ROOT / "notebooks" / "analysis.ipynb"
@@ -63,13 +64,19 @@ def _start_long_run(folder: Path, cwd: Path) -> subprocess.Popen:
 @pytest.fixture(scope="session")
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("analysis")
-    main, other, shifted = base / "main", base / "random", base / "shifted"
+    main, other, shifted = base / "main", base / "imp", base / "shifted"
     done = _sweep(main, "init=xavier_normal,kaiming_uniform", "seed=0,1,2", "sparsity=0.5,0.9", cwd=base)
     assert done.returncode == 0, done.stderr[-2000:]
     bad = _sweep(main, "init=xavier_normal", "seed=0", "sparsity=1.5", cwd=base)
     assert bad.returncode == 2, bad.stderr[-2000:]
     done = _sweep(
-        other, "pruner=random", "init=xavier_normal,kaiming_uniform", "seed=0,1", "sparsity=0.5", cwd=base
+        other,
+        "pruner=imp",
+        "pruner.rate=0.4",
+        "init=xavier_normal,kaiming_uniform",
+        "seed=0,1",
+        "sparsity=0.8",
+        cwd=base,
     )
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -172,17 +179,19 @@ def test_dense_level_counts_each_seed_once(sweeps):
 
 def test_sweeps_merge_and_levels_align(sweeps):
     runs = load_runs([sweeps["main"], sweeps["other"], sweeps["shifted"]])
-    assert set(runs["pruner"]) == {"magnitude", "random"}
+    assert set(runs["pruner"]) == {"magnitude", "imp"}
     assert runs["sweep"].nunique() == 3
     shifted = runs[runs["seed"] == 5]
     assert set(shifted["target_level"]) == {0.0, 0.9} and shifted["sparsity"].max() < 0.9  # aligned on target
-    assert "flops" in runs.columns and shifted["flops"].tolist() == [
-        1000,
-        990,
-    ]  # unknown fields carried through
+    assert shifted["flops"].tolist() == [1000, 990]  # a field unknown today carried through as a column
+    imp = runs[runs["pruner"] == "imp"]
+    assert set(imp["target_level"]) == {0.0, 0.4, 0.64, 0.784, 0.8}  # 40% of what remains per round
+    off = (imp["sparsity"] - imp["target_level"]).abs()
+    assert off.max() > 0 and off.max() < 0.01  # rounds measure their own sparsity, aligned on the target
+    assert (imp["condition"] == "pruner.rate=0.4").all() and (runs["pruner"] == "magnitude").sum() == 26
     s = summarize(runs).set_index(["init", "pruner", "target_level"])
     assert s.loc[("xavier_normal", "magnitude", 0.9), "n_seeds"] == 4
-    assert s.loc[("xavier_normal", "random", 0.5), "n_seeds"] == 2
+    assert (s.xs("imp", level="pruner")["n_seeds"] == 2).all()
 
 
 def test_training_curves_and_figure(sweeps):
@@ -221,7 +230,7 @@ def test_cli_writes_tables_figures_and_report(sweeps):
         "figures/layers.png",
     ):
         assert (out / name).stat().st_size > 0, name
-    assert len(pd.read_parquet(out / "runs.parquet")) == len(pd.read_csv(out / "runs.csv")) == 24 + 8
+    assert len(pd.read_parquet(out / "runs.parquet")) == len(pd.read_csv(out / "runs.csv")) == 24 + 20
     summary = pd.read_csv(out / "summary.csv")
     assert {"mean", "std", "ci_low", "ci_high", "n_seeds"} <= set(summary.columns)
     report = (out / "report.md").read_text()

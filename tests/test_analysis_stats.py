@@ -136,3 +136,22 @@ def test_report_states_the_answer_in_sentences():
     assert "At sparsity 0% (dense), **A** is best with mean test_acc 92" in lines
     assert "Most robust `init` by area under the curve: **A** (0.808), ahead of B" in lines
     assert "critical sparsity 50% (per seed: mean 33.33%" in lines and "range 0%–50%, n = 3" in lines
+
+
+def test_tradeoff_figure_axes_lines_and_baseline():
+    from multirun_analysis import plot_tradeoff
+
+    fig = plot_tradeoff(table(), hue="init", style="pruner", col="model", x="sparsity")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlabel() == "sparsity (%)"
+    assert ax.get_ylabel() == "test accuracy (%)"
+    curves = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    assert len(curves) == 2  # one per init, 3 levels each, in percent
+    assert sorted(curves[0].get_xdata()) == pytest.approx([0, 50, 90])
+    assert curves[0].get_color() != curves[1].get_color()
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 2 and all(line.get_xdata()[0] == 0 for line in stars)  # the dense baseline, marked
+    bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
+    assert all(b.max() <= 100 for b in bands)  # an interval of 3 seeds never drawn above 100% accuracy
+    with pytest.raises(ValueError, match="remaining"):
+        plot_tradeoff(table(), x="log")

@@ -76,7 +76,8 @@ def test_parameter_count_matches_reference(model, info, expected, tolerance, sou
 @pytest.mark.parametrize(("model", "shape", "classes"), [
     ("resnet18", (3, 32, 32), 10), ("resnet20", (3, 32, 32), 10), ("vgg16", (3, 32, 32), 10),
     ("flowers_cnn", (3, 180, 180), 5), ("lightcnn9", (1, 128, 128), 7), ("lightcnn9", (1, 144, 144), 7),
-    ("penguin_mlp_tanh", (12,), 3),
+    ("penguin_mlp_tanh", (12,), 3), ("lenet_300_100", (1, 28, 28), 10), ("conv2", (3, 32, 32), 10),
+    ("conv4", (3, 32, 32), 10), ("conv6", (3, 32, 32), 10),
 ])
 def test_forward_shape_on_its_datasets_input(model, shape, classes):
     net = build(model, DataInfo("d", shape, classes))

@@ -135,18 +135,18 @@ class Job:
             current = self.model.state_dict()
             state = {**current, **{n: state[n] for n in self.prunable}}
         self.model.load_state_dict(copy.deepcopy(state))
-        self.mask.apply_(self.model)
         self._fit_init_to_mask()
+        self.mask.apply_(self.model)
 
     def reinitialize(self, *stream: object) -> None:
         """A fresh draw of every weight from the run's init scheme (a stream apart from the original), masked."""
         self.init(self.model, self.generator("reinit", *stream))
-        self.mask.apply_(self.model)
         self._fit_init_to_mask()
+        self.mask.apply_(self.model)
 
     def _fit_init_to_mask(self) -> None:
-        """Survivors were just reset: a mask-aware init (`fit_to_mask(model, mask)`, e.g. init=sparsity_aware)
-        adapts them to the mask. Plain schemes have no such method and are left alone."""
+        """The weights were just reset (still dense): a mask-aware init (`fit_to_mask(model, mask)`, e.g.
+        init=sparsity_aware) adapts the survivors to the mask. Plain schemes have no such method."""
         fit = getattr(self.init, "fit_to_mask", None)
         if fit is not None:
             fit(self.model, self.mask)

@@ -3,6 +3,7 @@ knowledge distillation, and the sparsity-aware initialisation."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from torch import nn
 from prune_lab.config import compose_run
 from prune_lab.data.splits import DataInfo
 from prune_lab.distillation import Distillation, distillation_loss
+from prune_lab.job import copy_state
 from prune_lab.masks import Mask
 from prune_lab.pruners.criteria import Magnitude, Random
+from prune_lab.pruners.iterative import SNAPSHOT
 from prune_lab.pruners.survivors import apply_fate
 from prune_lab.sparsity_aware_init import SparsityAware
 from prune_lab.training import cross_entropy
@@ -133,21 +136,35 @@ def test_sparsity_aware_init_keeps_each_layers_preactivation_variance_at_90_perc
     params = dict(net.named_parameters())
     dense = {n: params[n].detach().clone() for n in names}
     mask = criterion.compute_mask(dense, Mask.ones(net, names), 0.9, torch.Generator().manual_seed(1))
+    spec.init.fit_to_mask(net, mask)  # as Job.rewind / Job.reinitialize call it: dense values, then the mask
     mask.apply_(net)
-    plain = {n: params[n].detach().clone() for n in names}
-    spec.init.fit_to_mask(net, mask)
     for n in names:
         w = params[n].detach()
         assert torch.count_nonzero(w[~mask.tensors[n]]) == 0, "pruned weights stay zero"
-        # What the dense scheme intends on unit-variance inputs: fan_in * sigma^2.
-        want = nn.init._calculate_fan_in_and_fan_out(w)[0] * scheme_variance(base, w)
         # A unit left with no input weight at all is removed, not something an init can bring back (LeNet-5's
         # first convolution has 25 weights a filter: at 90% a filter or two lose all of them).
         alive = mask.tensors[n].reshape(w.shape[0], -1).any(1)
+        want = preactivation_variance(dense[n], torch.Generator().manual_seed(2), alive)
         got = preactivation_variance(w, torch.Generator().manual_seed(2), alive)
         assert abs(got / want - 1) < 0.10, f"{n}: {got:.4g} vs the dense scheme's {want:.4g}"
+        if w.numel() >= 10_000:  # and that is what the scheme intends, fan_in * sigma^2, within sampling error
+            intended = nn.init._calculate_fan_in_and_fan_out(w)[0] * scheme_variance(base, w)
+            assert abs(got / intended - 1) < 0.10, f"{n}: {got:.4g} vs fan_in * sigma^2 = {intended:.4g}"
         if isinstance(criterion, Random):  # the test has teeth: unscaled, about a tenth of it is left
-            assert preactivation_variance(plain[n], torch.Generator().manual_seed(2), alive) / want < 0.25
+            plain = dense[n] * mask.tensors[n]
+            assert preactivation_variance(plain, torch.Generator().manual_seed(2), alive) / want < 0.25
+
+
+def reset_values(job, overrides: tuple[str, ...], phase: str) -> dict[str, torch.Tensor]:
+    """The dense values the pruner reset the weights to before `phase` (what the init saw)."""
+    if "pruner.reinit=random" in overrides:  # the job's own stream for this reset, drawn again
+        ref = copy.deepcopy(job.model)
+        stream = ("round", int(phase.split("-")[1])) if phase.startswith("round-") else ()
+        job.init.base(ref, job.generator("reinit", *stream))
+        return copy_state(ref)
+    if any(o.startswith("pruner.rewind=step") for o in overrides):
+        return job.load_snapshot(SNAPSHOT)
+    return job.initial_state
 
 
 @pytest.mark.parametrize("overrides", [
@@ -166,16 +183,23 @@ def test_sparsity_aware_init_composes_with_every_pruner_that_resets_survivors(tm
     job.pruner.run(job)
     reset = [p for p in job.starts if p != "dense"]
     assert reset, "the pruner trained after pruning"
-    sigma2 = job.init.scheme_variance(job.model, job.prunable)
     for phase in reset:
         start, mask = job.starts[phase]
+        values = reset_values(job, overrides, phase)
         for n, keep in mask.tensors.items():
-            rows = (start[n] * keep).reshape(keep.shape[0], -1)
-            alive = keep.reshape(keep.shape[0], -1).any(1)
-            # Every unit with survivors carries the dense scheme's expected sum of squares, fan_in * sigma^2.
-            torch.testing.assert_close(rows.pow(2).sum(1)[alive],
-                                       torch.full((int(alive.sum()),), rows.shape[1] * sigma2[n]), rtol=1e-4,
-                                       atol=0)
+            units = keep.shape[0]
+            dense, kept = values[n].reshape(units, -1), (start[n] * keep).reshape(units, -1)
+            alive = keep.reshape(units, -1).any(1)
+            # Each unit keeps its dense sum of squares (so its pre-activation variance) ...
+            torch.testing.assert_close(kept.pow(2).sum(1)[alive], dense.pow(2).sum(1)[alive], rtol=1e-5, atol=0)
+            # ... through one positive factor per unit on the values the pruner reset it to.
+            factor = kept.pow(2).sum(1, keepdim=True).sqrt() / (dense * keep.reshape(units, -1)).pow(2).sum(
+                1, keepdim=True).sqrt()
+            torch.testing.assert_close(kept[alive], (dense * keep.reshape(units, -1) * factor)[alive])
+            if "pruner=unit" in overrides:  # whole units survive: nothing to compensate
+                torch.testing.assert_close(kept, dense * keep.reshape(units, -1))
+            else:
+                assert bool((factor[alive] > 1).any())
 
 
 def test_sparsity_aware_init_is_the_base_scheme_until_a_mask_is_known():

@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from prune_lab.config import compose_run
 from prune_lab.data.splits import Splits, TensorSet
+from prune_lab.errors import UserError
 from prune_lab.job import Job, copy_state
 from prune_lab.masks import Mask
 from prune_lab.pruners.at_init import AtInit
@@ -283,3 +284,28 @@ def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
         units = keep.shape[0]
         if name != "6.weight":
             assert int((~keep.reshape(units, -1).any(1)).sum()) == round(0.5 * units)
+
+
+# --- bad settings ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("overrides", "fix"), [
+    (("pruner=imp", "pruner.rewind=epoch:-1"), "pruner.rewind"),
+    (("pruner=imp", "pruner.rewind=epoch:5", "train.epochs=2"), "past the end of dense training"),
+    (("pruner=imp", "pruner.rate=1.2"), "pruner.rate"),
+    (("pruner=imp", "pruner.layer_rates={nope.weight:0.1}"), "matches no prunable weight"),
+    (("pruner=imp", "pruner.layer_rates={net.1.weight:0.1}", "pruner.scope=global"), "pruner.scope=layerwise"),
+    (("pruner=imp", "pruner.layer_rates={net.*:0.0}"), "cannot be reached"),
+    (("pruner=imp", "pruner.reinit=random", "pruner.rewind=step:2"), "pruner.reinit=original"),
+    (("pruner=agp", "pruner.start=0.9", "pruner.end=0.1"), "pruner.start"),
+    (("pruner=agp", "pruner.initial_sparsity=0.5", "sparsity=0.2"), "pruner.initial_sparsity"),
+    (("pruner=gradual", "pruner.events=[0.5,1.5]"), "pruner.events"),
+    (("pruner=magnitude", "pruner.distill.alpha=2"), "pruner.distill.alpha"),
+    (("pruner=synflow", "pruner.rounds=0"), "pruner.rounds"),
+    (("pruner=snip", "pruner.saliency.batches=0"), "pruner.saliency.batches"),
+    (("pruner=unit", "pruner.criterion.scope=per_layer"), "scope"),
+], ids=lambda v: v if isinstance(v, str) else "-".join(v))
+def test_bad_pruner_settings_say_what_to_fix_before_any_training(tmp_path: Path, overrides, fix: str):
+    job = None
+    with pytest.raises(UserError, match=fix.replace(".", r"\.").replace("*", r"\*")):
+        job = job_from_config(tmp_path, *overrides)  # most settings fail here, as the config is built
+        job.pruner.run(job)  # the rest as the pruner plans, before its first phase
+    assert job is None or not job.starts, "trained before refusing"

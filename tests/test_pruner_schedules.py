@@ -309,3 +309,39 @@ def test_bad_pruner_settings_say_what_to_fix_before_any_training(tmp_path: Path,
         job = job_from_config(tmp_path, *overrides)  # most settings fail here, as the config is built
         job.pruner.run(job)  # the rest as the pruner plans, before its first phase
     assert job is None or not job.starts, "trained before refusing"
+
+
+# --- resuming a phase that prunes as it trains ----------------------------------------------------------
+class InterruptedGradual(Gradual):
+    """Gradual pruning that dies at `stop_at` steps on its first attempt, like a job killed mid-phase."""
+
+    stop_at: int | None = None
+
+    def target_at(self, step: int, total: int) -> float | None:
+        if step == self.stop_at:
+            raise KeyboardInterrupt
+        return super().target_at(step, total)
+
+
+def test_gradual_pruning_resumed_mid_phase_ends_where_an_uninterrupted_run_does(tmp_path: Path):
+    # Random scores ignore the weights: only the right mask in force keeps pruned weights pruned on resume.
+    settings = ("pruner=gradual", "pruner.criterion._target_=prune_lab.pruners.criteria.Random", "train.epochs=6",
+                "train.checkpoint_every_s=0")
+    whole = job_from_config(tmp_path / "whole", *settings)
+    whole.pruner.run(whole)
+    steps = math.ceil(len(whole.data.train) / whole.settings.batch_size)
+    first, second = whole.pruner.event_steps(6 * steps)
+    stop = next(s for s in range(first + 1, second) if s % steps)  # after a checkpoint that holds event 1
+    assert (stop // steps) * steps >= first, "the checkpoint before the crash must already hold event 1's mask"
+
+    crashed = job_from_config(tmp_path / "resumed", *settings)
+    pruner = InterruptedGradual(criterion=crashed.pruner.criterion, epochs=6)
+    pruner.stop_at = stop
+    with pytest.raises(KeyboardInterrupt):
+        pruner.run(crashed)
+    resumed = job_from_config(tmp_path / "resumed", *settings)
+    pruner.stop_at = None
+    pruner.run(resumed)
+    for n in whole.prunable:
+        assert torch.equal(resumed.mask.tensors[n], whole.mask.tensors[n]), n
+        assert torch.equal(dict(resumed.model.named_parameters())[n], dict(whole.model.named_parameters())[n]), n

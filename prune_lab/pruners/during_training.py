@@ -69,7 +69,10 @@ class PruneWhileTraining(Pruner):
             if target is None:
                 return None
             g = job.generator("prune", step)
-            current[0] = self.criterion.compute_mask(job.weights(), current[0], target, g)
+            # A phase resumed from a checkpoint runs under the checkpoint's mask, which this closure never saw;
+            # pruned weights are exactly zero, so the weights themselves say which are gone.
+            in_force = current[0] & Mask.from_weights(model, current[0].names())
+            current[0] = self.criterion.compute_mask(job.weights(), in_force, target, g)
             return current[0]
 
         job.train("pruning", self.epochs, on_step=prune, loss_fn=self.distill.loss_fn(teacher))

@@ -137,6 +137,27 @@ def test_imp_plan_stops_exactly_at_the_target():
     assert overall == sorted(overall) and math.isclose(overall[0], 0.2)
 
 
+def test_imp_rounds_match_torch_iterative_l1_unstructured_on_the_same_weights(tmp_path: Path):
+    # torch's PruningContainer prunes `amount` of the *remaining* weights each call: IMP's rate.
+    job = job_from_config(tmp_path, "pruner=imp", "sparsity=0.8", "model.hidden=[40]")
+    imp: IterativeMagnitude = job.pruner
+    reference = {n: nn.Linear(*reversed(w.shape), bias=False) for n, w in job.weights().items()}
+    for n, module in reference.items():
+        module.weight.data.copy_(job.weights()[n])
+    equal_counts = 0
+    for overall, per_layer in imp.plan({n: w.numel() for n, w in job.weights().items()})[:5]:
+        job.set_mask(imp.prune(job, overall, per_layer))
+        job.rewind(job.initial_state)  # same weights every round: only the masks differ
+        for n, module in reference.items():
+            torch_prune.l1_unstructured(module, "weight", amount=0.2)
+            theirs, ours = module.weight_mask.bool(), job.mask.tensors[n]
+            assert abs(int((~theirs).sum()) - int((~ours).sum())) <= 1, n  # torch rounds each round's share
+            if int(theirs.sum()) == int(ours.sum()):
+                assert torch.equal(theirs, ours), n
+                equal_counts += 1
+    assert equal_counts >= 5, "too few rounds where the counts agree to compare the masks"
+
+
 # --- gradual and cubic (AGP) schedules ------------------------------------------------------------------
 def test_cubic_schedule_is_monotone_and_reaches_the_final_sparsity_at_its_end():
     cubic = Cubic(criterion=None, epochs=1, sparsity=0.9, initial_sparsity=0.1, start=0.2, end=0.8, every=7)

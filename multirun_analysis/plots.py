@@ -155,7 +155,7 @@ def plot_tradeoff(
         if x == "remaining" and not panel.empty:
             _percent_axis(ax, panel["x"].to_numpy())
         ax.grid(True, which="major", alpha=0.3)
-        ax.set_title(" — ".join(v for v in (rv, cv) if v), fontsize=11)
+        ax.set_title(_wrap(" — ".join(v for v in (rv, cv) if v)), fontsize=11)
         if r == len(row_vals) - 1:
             ax.set_xlabel("weights remaining (%, log scale)" if x == "remaining" else "sparsity (%)")
         if c == 0:
@@ -222,9 +222,18 @@ def plot_training(
     style_vals = sorted(summary["_style"].unique())
     color = dict(zip(sorted(summary[hue].astype(str).unique()), itertools.cycle(COLORS)))
     dash = {v: DASHES[i % len(DASHES)] for i, v in enumerate(style_vals)}
-    fig, axes = _grid(len(row_vals), len(col_vals), width=4.2, height=2.8)
-    for (r, rv), (c, cv) in itertools.product(enumerate(row_vals), enumerate(col_vals)):
+    # each row shows only the columns it has (an IMP run has more phases than a one-shot run)
+    row_cols = {
+        rv: [cv for cv in col_vals if ((summary["_row"] == rv) & (summary["_col"] == cv)).any()]
+        for rv in row_vals
+    }
+    fig, axes = _grid(len(row_vals), max(map(len, row_cols.values())), width=4.2, height=2.8)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    panels = [(r, c, rv, cv) for r, rv in enumerate(row_vals) for c, cv in enumerate(row_cols[rv])]
+    for r, c, rv, cv in panels:
         ax = axes[r, c]
+        ax.set_visible(True)
         panel = summary[(summary["_row"] == rv) & (summary["_col"] == cv)]
         for (h, s), line in panel.groupby([panel[hue].astype(str), "_style"], sort=True):
             line = line.sort_values(LEVEL)
@@ -233,10 +242,10 @@ def plot_training(
             ax.fill_between(line[LEVEL], line["ci_low"], line["ci_high"], color=color[h], alpha=0.12, lw=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        title = [f"{'/'.join(cols)}: {cv}" if cols else "", f"{'/'.join(rows)} = {rv}" if rows else ""]
-        ax.set_title(" | ".join(t for t in title if t), fontsize=9)
-        if r == len(row_vals) - 1:
-            ax.set_xlabel("epoch of the phase")
+        # the row's label once, on its first panel; every panel names its column (the phase)
+        head = _wrap(f"{' / '.join(rows)}: {rv}", 45) + "\n" if rows and c == 0 else ""
+        ax.set_title(head + (f"{'/'.join(cols)}: {cv}" if cols else ""), fontsize=9, loc="left")
+        ax.set_xlabel("epoch of the phase")
         if c == 0:
             ax.set_ylabel(LABELS.get(metric, metric))
     _legend(fig, axes, " · ".join([hue, *([style] if styles and len(style_vals) > 1 else [])]))
@@ -247,14 +256,29 @@ def plot_training(
     return fig
 
 
-def _legend(fig: plt.Figure, axes: np.ndarray, title: str, extra: list | None = None) -> None:
-    """One legend for all panels, below them (the union of every panel's lines)."""
+def _wrap(text: str, width: int = 60) -> str:
+    """Long facet titles (several swept keys) broken at their commas and separators."""
+    lines, line = [], ""
+    for part in text.replace(" — ", " —\x00").replace(",", ",\x00").split("\x00"):
+        if line and len(line) + len(part) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += part
+    return "\n".join([*lines, line.rstrip()])
+
+
+def _legend(fig: plt.Figure, axes: np.ndarray, title: str, extra: list | None = None, order=None) -> None:
+    """One legend for all panels, below them (the union of every panel's lines, in `order` if given)."""
     handles, labels = [], []
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
+    if order is not None:
+        rank = {label: i for i, label in enumerate(order)}
+        pairs = sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1], len(rank)))
+        handles, labels = [h for h, _ in pairs], [label for _, label in pairs]
     for h, label in extra or []:
         handles.append(h)
         labels.append(label)
@@ -304,7 +328,7 @@ def plot_layers(
                 "-o",
                 color=color[h],
                 lw=1.8,
-                label=f"{h:.0%}" if hue == "target_level" else str(h),
+                label=f"{h * 100:.3g}%" if hue == "target_level" else str(h),
             )
             ax.fill_between(xs, mean["min"], mean["max"], color=color[h], alpha=0.15, lw=0)
             if hue == "target_level":
@@ -312,10 +336,15 @@ def plot_layers(
         ax.set_xticks(np.arange(len(order)), [_short(n) for n in order], rotation=30, ha="right", fontsize=8)
         ax.set_ylim(-2, 102)
         ax.grid(True, alpha=0.3)
-        ax.set_title(" — ".join(v for v in (rv, cv) if v), fontsize=10)
+        ax.set_title(_wrap(" — ".join(v for v in (rv, cv) if v), 50), fontsize=10)
         if c == 0:
             ax.set_ylabel("layer sparsity (%)")
-    _legend(fig, axes, "target sparsity" if hue == "target_level" else hue)
+    _legend(
+        fig,
+        axes,
+        "target sparsity" if hue == "target_level" else hue,
+        order=[f"{h * 100:.3g}%" if hue == "target_level" else str(h) for h in hue_vals],
+    )
     fig.suptitle("per-layer sparsity (mean; band = min–max over runs; dotted = target)", fontsize=11)
     return fig
 

@@ -224,7 +224,7 @@ def write_report(
         curves = load_curves(runs)
         if not curves.empty and "val_acc" in curves:
             figures["training"] = plot_training(
-                curves, hue=hue, style=style, col=["phase", *[c for c in context if c != style]]
+                curves, hue=hue, style=style, row=[*[c for c in context if c != style], "run_target_sparsity"]
             )
         if not sweep.layers.empty and (sweep.layers["target_level"] > 0).any():
             figures["layers"] = plot_layers(

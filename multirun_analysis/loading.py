@@ -285,6 +285,10 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
         )
     layer_df = pd.DataFrame(layers, columns=["run_dir", "level", "layer_index", "layer", *LAYER_FIELDS])
     runs.attrs["swept"] = [k for k in swept if k != "sparsity"]
+    first = [*run_columns(runs), "level", "level_name", "target_level", "sparsity"]
+    first = [c for c in first if c in runs.columns]
+    runs = runs[first + [c for c in runs.columns if c not in first]]  # what a run is, then what it measured
+    runs.attrs["swept"] = [k for k in swept if k != "sparsity"]
     keys = [*run_columns(runs), "level", "level_name", "target_level"]
     layer_df = layer_df.merge(runs[keys], on=["run_dir", "level"], how="left")
     problem_df = pd.DataFrame(problems, columns=["sweep", "run", "run_dir", "status", "reason"])

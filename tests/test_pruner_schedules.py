@@ -214,6 +214,22 @@ def test_pruning_at_init_reaches_the_target_before_any_training_step(tmp_path: P
         assert torch.equal(start[n], job.initial_state[n] * keep)
 
 
+def test_scores_spanning_many_orders_of_magnitude_keep_their_order():
+    from prune_lab.pruners.at_init import rankable
+    from prune_lab.pruners.criteria import prune_lowest
+
+    g = torch.Generator().manual_seed(0)
+    # 1e-100 .. 1: the cut (near 1e-60) lies far below float32's smallest number, as SynFlow's can.
+    scores = {"a": 10 ** (torch.rand(50, 4, generator=g, dtype=torch.float64) * 100 - 100),
+              "b": 10 ** (torch.rand(30, generator=g, dtype=torch.float64) * 100 - 100)}
+    mask = Mask({n: torch.ones_like(v, dtype=torch.bool) for n, v in scores.items()})
+    ours = prune_lowest(rankable(scores), mask, 0.4, "global")
+    flat = torch.cat([v.reshape(-1) for v in scores.values()])
+    threshold = flat.sort().values[round(0.4 * flat.numel()) - 1]
+    for n, v in scores.items():
+        assert torch.equal(ours.tensors[n], v > threshold), n
+
+
 def nan_data(data: Splits) -> Splits:
     def poison(s: TensorSet) -> TensorSet:
         return TensorSet(torch.full_like(s.x, float("nan")), s.y)

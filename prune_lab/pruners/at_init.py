@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from prune_lab.distillation import Distillation
@@ -26,13 +27,14 @@ if TYPE_CHECKING:
 
 
 def rankable(scores: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Scores mapped into [0, 1] by one shared affine map, which keeps their order within and across layers:
-    `prune_lowest` ranks pruned weights at -1 (below any score) and compares in float32 (SynFlow's float64
-    scores may exceed its range)."""
-    low = min(float(s.min()) for s in scores.values())
-    high = max(float(s.max()) for s in scores.values())
-    span = high - low if high > low else 1.0
-    return {n: ((s.double() - low) / span).float() for n, s in scores.items()}
+    """Scores replaced by their rank over all layers (0 = lowest): the same order within and across layers,
+    as `prune_lowest` needs it, which ranks pruned weights at -1 (below any rank) and compares in float32,
+    where SynFlow's float64 scores, spanning tens of orders of magnitude, would collapse into ties."""
+    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
+    ranks = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    ranks[torch.argsort(flat, stable=True)] = torch.arange(len(flat), dtype=torch.float32, device=flat.device)
+    parts = torch.split(ranks, [s.numel() for s in scores.values()])
+    return {n: r.view(s.shape) for (n, s), r in zip(scores.items(), parts)}
 
 
 def round_sparsity(sparsity: float, k: int, rounds: int) -> float:

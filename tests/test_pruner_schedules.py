@@ -382,3 +382,12 @@ def test_gradual_pruning_resumed_mid_phase_ends_where_an_uninterrupted_run_does(
     for n in whole.prunable:
         assert torch.equal(resumed.mask.tensors[n], whole.mask.tensors[n]), n
         assert torch.equal(dict(resumed.model.named_parameters())[n], dict(whole.model.named_parameters())[n]), n
+
+
+def test_synflow_refuses_index_samples_before_training(tmp_path: Path):
+    job = job_from_config(tmp_path, "pruner=synflow", "pruner.distill.alpha=0.5")
+    as_indices = TensorSet(torch.arange(len(job.data.train)), job.data.train.y)  # like a graph's node ids
+    job.data = Splits(job.data.info, as_indices, job.data.val, job.data.test)
+    with pytest.raises(UserError, match="use pruner=snip"):
+        job.pruner.run(job)
+    assert not job.starts, "refused before training, the distillation teacher included"

@@ -71,8 +71,9 @@ class AtInit(Pruner):
         return mask
 
     def run(self, job: Job) -> None:
-        teacher = teacher_before_pruning(job, self.distill, self.epochs)
-        job.set_mask(self.prune(job))
+        mask = self.prune(job)  # from the initial weights, before any training (a teacher's included)
+        teacher = teacher_before_pruning(job, self.distill, self.epochs)  # ends rewound to the initial weights
+        job.set_mask(mask)
         before = job.score_test()
         # The survivors still hold their initial values, so keep and original agree; rewinding anyway hands
         # the mask to a mask-aware init (init=sparsity_aware). random: a fresh draw (Frankle et al. 2021).

@@ -104,6 +104,10 @@ class GraSP:
 @dataclass(frozen=True)
 class SynFlow:
     def scores(self, model: nn.Module, mask: Mask, data: Splits, generator: torch.Generator) -> Scores:
+        if not data.train.x.is_floating_point():  # the dtype only: e.g. node indices into a graph
+            raise UserError(f"pruner=synflow feeds an all-ones input tensor, but {data.info.name} samples are "
+                            f"{data.train.x.dtype} indices (the features live in the model); use pruner=snip "
+                            "or pruner=grasp for this dataset")
         # float64: the products over layers overflow float32 in deep networks
         clone, weights = _masked_copy(model, mask, torch.float64)
         clone.eval()  # batch norm uses its running statistics: no batch, no data

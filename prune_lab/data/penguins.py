@@ -8,12 +8,14 @@ Target: species (Adelie, Chinstrap, Gentoo). Rows with any missing value are dro
 from __future__ import annotations
 
 import csv
+import importlib.util
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 import torch
 
 from prune_lab.data.splits import DataInfo, Splits, TensorSet, split_indices
+from prune_lab.errors import UserError
 
 SPECIES = ("Adelie", "Chinstrap", "Gentoo")
 ISLANDS = ("Biscoe", "Dream", "Torgersen")
@@ -23,8 +25,13 @@ NUMERIC = ("bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"
 
 
 def _rows() -> list[dict[str, str]]:
-    # Read the CSV directly: importing pandas would cost ~0.5 s on the training path.
-    text = resources.files("palmerpenguins").joinpath("data/penguins.csv").read_text()
+    # Read the CSV directly: importing pandas would cost ~0.5 s on the training path, and so would importing
+    # the palmerpenguins package itself (its __init__ imports pandas), so find its folder without importing it.
+    spec = importlib.util.find_spec("palmerpenguins")
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is None:
+        raise UserError("dataset=penguins needs the palmerpenguins package: pip install palmerpenguins")
+    text = (folder / "data" / "penguins.csv").read_text()
     rows = list(csv.DictReader(text.splitlines()))
     fields = ("species", "island", "sex", "year", *NUMERIC)
     return [r for r in rows if all(r[f] not in ("", "NA") for f in fields)]

@@ -213,9 +213,7 @@ def _read_chunk(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
 def _read_all(items: list[tuple[str, str]], workers: int) -> list[dict[str, Any]]:
     if workers <= 1 or len(items) < 2 * workers:
         return _read_chunk(items)
-    size = math.ceil(
-        len(items) / (workers * 4)
-    )  # a few chunks per worker: balanced, little pickling overhead
+    size = math.ceil(len(items) / (workers * 4))  # a few chunks per worker: balanced, few round trips
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ProcessPoolExecutor(workers) as pool:
         return [out for chunk in pool.map(_read_chunk, chunks) for out in chunk]
@@ -231,7 +229,8 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
     runs: one row per run x level. Columns: sweep, run, run_dir; dataset, model, init, pruner, train,
       experiment, seed; run_target_sparsity (the run's `sparsity`); one column per swept key (the union of
       the runs' override keys, resolved from `config` where a run did not override it) and `condition`
-      (those keys as "k=v,..." without seed and sparsity, the label that keeps different settings apart);
+      (the swept keys whose values differ between runs, as "k=v,...", without seed, sparsity and
+      locations: the label that keeps different settings apart);
       level, level_name, target_level (the level's target, rounded: the x to align on), the measured
       sparsity, test/val metrics, parameter counts and any other field a level carries (nested ones as
       "before_finetune.test_acc").
@@ -284,15 +283,15 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
             ]
         )
     layer_df = pd.DataFrame(layers, columns=["run_dir", "level", "layer_index", "layer", *LAYER_FIELDS])
-    runs.attrs["swept"] = [k for k in swept if k != "sparsity"]
-    first = [*run_columns(runs), "level", "level_name", "target_level", "sparsity"]
-    first = [c for c in first if c in runs.columns]
+    swept_cols = [k for k in swept if k != "sparsity"]
+    runs.attrs["swept"] = swept_cols
+    first = [c for c in (*run_columns(runs), "level", "level_name", "target_level", "sparsity") if c in runs]
     runs = runs[first + [c for c in runs.columns if c not in first]]  # what a run is, then what it measured
-    runs.attrs["swept"] = [k for k in swept if k != "sparsity"]
+    runs.attrs["swept"] = swept_cols
     keys = [*run_columns(runs), "level", "level_name", "target_level"]
     layer_df = layer_df.merge(runs[keys], on=["run_dir", "level"], how="left")
     problem_df = pd.DataFrame(problems, columns=["sweep", "run", "run_dir", "status", "reason"])
-    return Sweep(runs=runs, layers=layer_df, problems=problem_df, swept=[k for k in swept if k != "sparsity"])
+    return Sweep(runs=runs, layers=layer_df, problems=problem_df, swept=swept_cols)
 
 
 def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: int = 1) -> pd.DataFrame:

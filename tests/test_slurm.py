@@ -181,3 +181,32 @@ def test_a_gpu_profile_job_gets_a_gpu_by_gres_and_sees_cuda_visible_devices(
     assert "gres/gpu=1" in tres, tres
     (script,) = sweep.glob(".submitit/*/*submission.sh")
     assert "#SBATCH --gres=gpu:1" in script.read_text()
+
+
+def test_a_job_at_its_time_limit_requeues_itself_and_resumes(
+        slurm_cluster: None, tmp_path: Path, env: dict[str, str]) -> None:
+    # SLURM warns a job signal_delay_s before its limit with SIGUSR2 (--signal); send that warning now, as
+    # submitit's own tests do: submitit checkpoints the launcher's call and requeues the job (max_num_timeout).
+    sweep, name = tmp_path / "sweep", f"timeout_{uuid.uuid4().hex[:8]}"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "prune_lab", "-m", f"hydra.sweep.dir={sweep}", *ON_CPU, f"hydra.launcher.name={name}",
+         "train.epochs=300", "train.finetune_epochs=5", "train.batch_size=16", "train.checkpoint_every_s=0"],
+        cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("*/checkpoints/dense.partial.pt")):
+        assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the job never wrote an epoch checkpoint"
+        time.sleep(0.05)
+    job_id = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+
+    out, _ = launcher.communicate(timeout=400)
+    assert launcher.returncode == 0, out[-3000:]
+    (result,) = results_below(sweep)
+    record = read_json(result)
+    assert record["environment"]["SLURM_RESTART_COUNT"] == "1"
+    assert record["resumed"] and record["resumed"][0]["phase"] == "dense", record["resumed"]
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_0_log.*"))
+    assert "Caught signal SIGUSR2" in log and "(19 remaining timeouts)" in log, log[-3000:]
+    epochs, _ = metrics(result.parent / "metrics.jsonl")
+    assert len(epochs) == len({(r["phase"], r["epoch"]) for r in epochs}) == 305

@@ -99,14 +99,19 @@ def test_submitted_sweep_returns_all_results_and_a_relaunch_trains_only_new_runs
     for run_dir in first:  # not one byte, not one timestamp changed; no checkpoint folder was even created
         assert snapshot(run_dir) == before[run_dir]
         assert not (run_dir / "checkpoints").exists()
+    # The launcher saw their results and submitted no job for them: the new array has the two new runs only.
+    assert "Skipped 4 complete run(s)" in again.stdout + again.stderr
     array = after[new[0]]["environment"]["SLURM_ARRAY_JOB_ID"]
-    logs = [p.read_text() for p in sweep.glob(f".submitit/{array}_*/{array}_*_0_log.out")]
-    assert len(logs) == 6
-    for run_dir in first:
-        said = [log for log in logs if f"{run_dir} is already complete" in log and "skipping" in log]
-        assert len(said) == 1, f"no job log says {run_dir} was skipped"
-        assert "resumes from its checkpoint" not in said[0]
-    assert sum("already complete" in log for log in logs) == 4
+    assert after[new[1]]["environment"]["SLURM_ARRAY_JOB_ID"] == array
+    assert len(list(sweep.glob(f".submitit/{array}_*/{array}_*_0_log.out"))) == 2
+    assert subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID"], capture_output=True,
+                          text=True).stdout.split() == [f"{array}_0", f"{array}_1"]
+
+    # Had a job been started for a complete run, the run itself skips it too (proved here without the launcher).
+    (old_run, record), *_ = first.items()
+    rerun = run_cli(f"hydra.run.dir='{old_run}'", *record["overrides"], cwd=tmp_path, env=env)  # quoted: , and =
+    assert rerun.returncode == 0 and f"{old_run} is already complete" in rerun.stdout
+    assert snapshot(old_run) == before[old_run]
 
 
 def test_a_failed_job_is_reported_with_its_log_and_the_others_keep_their_results(

@@ -26,7 +26,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +86,57 @@ class _Collecting(BaseSubmititLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
-        job_params = []
+        complete: dict[int, JobReturn] = {}
+        todo: list[tuple[int, Sequence[str]]] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-
-        with submitit.helpers.clean_env():  # no SLURM_* of a surrounding job leaks into the runs' allocations
-            if parallelism:
-                jobs = _bounded(executor, self, job_params, int(parallelism))
+            if self._complete(overrides):  # no job at all: a slot on the cluster costs queue time
+                complete[idx] = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
             else:
-                jobs = executor.map_array(self, *zip(*job_params))
-        if jobs:
+                todo.append((idx, overrides))
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        if complete:
+            log.info(f"Skipped {len(complete)} complete run(s) (results.json with the same config hash in their "
+                     f"folders); submitting {len(todo)}")
+        state = Singleton.get_state()
+        job_params = [(list(ov), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state) for idx, ov in todo]
+        jobs = []
+        if job_params:
+            with submitit.helpers.clean_env():  # no SLURM_* of a surrounding job leaks into the runs' allocations
+                if parallelism:
+                    jobs = _bounded(executor, self, job_params, int(parallelism))
+                else:
+                    jobs = executor.map_array(self, *zip(*job_params))
             logs = Path(str(self.params["submitit_folder"])).parent
             log.info(f"Submitted {len(jobs)} job(s) (first: {jobs[0].job_id}); their logs are under {logs}")
-        return self._collect(jobs, job_overrides, initial_job_idx, sweep_dir)
+        returns = dict(zip([idx for idx, _ in todo], self._collect(jobs, todo, len(complete), sweep_dir)))
+        return [complete[idx] if idx in complete else returns[idx]
+                for idx in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
-    def _collect(self, jobs: list[Any], job_overrides: Sequence[Sequence[str]], first_idx: int,
+    def _complete(self, overrides: Sequence[str]) -> bool:
+        """Whether the run's folder already holds its results (prune_lab's own test, done before submitting).
+
+        The job would find them too and skip, but only after waiting in the queue and starting Python."""
+        try:
+            from prune_lab.config import config_hash
+            from prune_lab.results import read_results
+
+            assert self.hydra_context is not None and self.config is not None
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            done = read_results(run_dir)
+            if done is None:
+                return False
+            with open_dict(cfg):
+                del cfg["hydra"]  # as Hydra hands the task its config
+            return done.get("config_hash") == config_hash(OmegaConf.to_container(cfg, resolve=True))
+        except Exception:  # cannot tell here: the job decides
+            return False
+
+    def _collect(self, jobs: list[Any], todo: list[tuple[int, Sequence[str]]], skipped: int,
                  sweep_dir: Path) -> list[JobReturn]:
         """Wait for every job (in order: each wait is short once earlier ones are done) and report failures."""
         returns, failures = [], []
-        for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), start=first_idx):
+        for job, (idx, overrides) in zip(jobs, todo):
             logs = [job.paths.stdout, job.paths.stderr]
             try:
                 ret = job.results()[0]
@@ -125,17 +156,19 @@ class _Collecting(BaseSubmititLauncher):
             if failures and failures[-1].index == idx:
                 log.error(f"FAILED {failures[-1].describe()}")
             returns.append(ret)
-        done = len(jobs) - len(failures)
-        log.info(f"Sweep finished: {done} of {len(jobs)} job(s) succeeded; results in {sweep_dir}/<overrides>/")
+        total, done = len(jobs) + skipped, len(jobs) + skipped - len(failures)
+        log.info(f"Sweep finished: {done} of {total} run(s) complete ({skipped} were already); results in "
+                 f"{sweep_dir}/<overrides>/")
         if failures:
             error = SweepJobsFailed(
-                f"{len(failures)} of {len(jobs)} sweep job(s) failed; the other {done} finished and kept their "
+                f"{len(failures)} of {total} sweep job(s) failed; the other {done} finished and kept their "
                 f"results in {sweep_dir}.\n" + "\n".join(f.describe() for f in failures)
                 + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume."
             )
-            for failure in failures:  # Hydra's sweeper raises the first failed job's value: this summary
-                returns[failure.index - first_idx].status = JobStatus.FAILED
-                returns[failure.index - first_idx]._return_value = error
+            failed = {f.index for f in failures}
+            for (idx, _), ret in zip(todo, returns):  # Hydra's sweeper raises the first failed job's value
+                if idx in failed:
+                    ret.status, ret._return_value = JobStatus.FAILED, error
         return returns
 
     def _run_dir(self, overrides: Sequence[str]) -> Path | None:

@@ -6,9 +6,12 @@ failed job's log is. These launchers wait for every job, report each failure wit
 run folder, print a one-line summary, and only then fail the sweep (exit status 1), naming all failures.
 Each run's results are in its own folder whatever happens to the others.
 
-They also add to the local launcher a cap on how many runs run at once (`parallelism`), which submitit's
-local executor lacks, and submit from a clean environment (submitit.helpers.clean_env) so a sweep
-launched from inside a SLURM job (slurm/submit_sweep.sh) does not pass its own allocation to its runs.
+Before submitting, they leave out the runs whose folder already holds a results.json with the run's config
+hash (a relaunched 500-run sweep queues only what is missing; the run would skip itself anyway, but only
+after waiting for a slot). They add to the local launcher a cap on how many runs run at once
+(`parallelism`), which submitit's local executor lacks, and they submit from a clean environment
+(submitit.helpers.clean_env), so a sweep launched from inside a SLURM job (slurm/submit_sweep.sh) does not
+pass its own allocation to its runs.
 The runs themselves are unchanged: a requeued job reruns the same arguments, and prune_lab resumes it from
 its run folder.
 """

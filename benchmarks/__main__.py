@@ -4,7 +4,8 @@
 
 Sections (all by default): lenet (LeNet-300-100 on real MNIST vs the FLOP bound and the reference loop),
 convnets (Conv-6, ResNet-20 on CIFAR-shaped data), startup, overhead (per job in a local sweep), penguins
-(the default run), sweep_cache (the dense cache's sweep speed-up), gpu (only where CUDA is available;
+(the default run), sweep_cache (the dense cache's sweep speed-up), payoff (slim vs masked model
+after unit pruning), gpu (only where CUDA is available;
 otherwise its figures are recorded as not yet measured). Every compared variant runs once per round,
 rounds interleaved; a ratio is the median over rounds of the ratio within a round. The MNIST .gz files
 are copied from --data into a temporary folder (prune_lab unpacks them there).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shutil
 import sys
@@ -31,7 +33,7 @@ from prune_lab.data.splits import Splits, TensorSet
 from prune_lab.results import versions
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("lenet", "sweep_cache", "startup", "overhead", "convnets", "penguins", "gpu")  # most wanted first
+SECTIONS = ("lenet", "sweep_cache", "startup", "overhead", "convnets", "payoff", "penguins", "gpu")  # most wanted first
 
 
 def copy_mnist(data: Path, into: Path) -> Path:
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir = copy_mnist(args.data, Path(tmp) / "data") if {"lenet", "sweep_cache", "gpu"} & set(args.only) \
             else None
         for section in args.only:
-            log(f"== {section}")
+            log(f"== {section}  (load average {os.getloadavg()[0]:.1f})")
             t0 = time.perf_counter()
             if section == "lenet":
                 body = training_speed.lenet_section(data_dir, args.rounds, log, 2000 if args.quick else None)
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                 body = runs.startup_section(args.rounds, log)
             elif section == "overhead":
                 body = runs.overhead_section(args.rounds, log, 3 if args.quick else 11)
+            elif section == "payoff":
+                body = training_speed.payoff_section(args.rounds, log)
             elif section == "penguins":
                 body = runs.penguins_section(args.rounds, log)
             elif section == "sweep_cache":
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                 body = gpu_section(data_dir, args.rounds, torch.device(device), log, args.quick) if device else \
                     not_measured("no GPU on this machine")
             body["section_s"] = time.perf_counter() - t0
+            body["load_average_1min_at_end"] = os.getloadavg()[0]  # other users' load on this shared machine
             results["sections"][section] = body
             save(results, args)
     results["total_s"] = time.perf_counter() - started

@@ -182,3 +182,37 @@ def convnets_section(rounds: int, samples: int, log: Callable[[str], None], devi
     rows.append(row(f"{'bf16' if amp else 'fp32'} matmul throughput ({device.type})", median(throughput) / 1e9,
                     "GFLOP/s"))
     return {"rows": rows, "times_s": times, "samples": samples, "epoch_flops": flops}
+
+
+def payoff_section(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """What unit pruning buys at inference: the exported slim model against the masked one (prune_lab.payoff);
+    latencies interleaved over rounds like every other timing here."""
+    from prune_lab.export import export_slim
+    from prune_lab.payoff import latency_ms, measure_payoff
+    from prune_lab.pruners.structured import Unit
+
+    rows = []
+    cases = (("lenet_300_100", DataInfo("mnist", (1, 28, 28), 10)), ("conv6", DataInfo("cifar10", (3, 32, 32), 10)))
+    for name, info in cases:
+        for sparsity in (0.5, 0.8):
+            model = model_factory(name, info)().eval()
+            names = PrunableSelection().names(model)
+            params = dict(model.named_parameters())
+            mask = Unit().compute_mask({n: params[n].detach() for n in names}, Mask.ones(model, names), sparsity)
+            mask.apply_(model)
+            sample = torch.randn(1, *info.input_shape)
+            p = measure_payoff(model, sample, latency=False)
+            slim = export_slim(model, sample)
+            tag = f"{name} unit-pruned {sparsity:.0%}"
+            rows += [row(f"{tag}: slim params / params", p["slim_params"] / sum(t.numel() for t in params.values()),
+                         "x"),
+                     row(f"{tag}: slim FLOPs / dense FLOPs", p["slim_flops"] / p["flops_dense"], "x"),
+                     row(f"{tag}: sparse bytes / dense bytes", p["bytes_sparse"] / p["bytes_dense"], "x")]
+            for batch in (1, 256):
+                x = torch.randn(batch, *info.input_shape)
+                times = interleave({f"{tag} b{batch} masked": lambda m=model, x=x: latency_ms(m, x, 0.5),
+                                    f"{tag} b{batch} slim": lambda m=slim, x=x: latency_ms(m, x, 0.5)}, rounds, log)
+                masked_t, slim_t = times[f"{tag} b{batch} masked"], times[f"{tag} b{batch} slim"]
+                rows += [row(f"{tag}: CPU latency b{batch}, slim / masked", ratio(slim_t, masked_t), "x"),
+                         row(f"{tag}: CPU latency b{batch}, masked (median)", median(masked_t), "ms")]
+    return {"rows": rows}

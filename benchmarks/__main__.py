@@ -99,18 +99,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--conv-samples", type=int, default=512, help="CIFAR-shaped samples per timed epoch")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads here and OMP_NUM_THREADS of the runs it starts (default 1: on a shared "
+                             "2-core machine every 2-thread parallel op waits for a time slice of the busy core)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke-run every section on tiny sizes (checks the code, measures nothing useful)")
     parser.add_argument("--gpu-device", default=None,
                         help="run the gpu section on this device (default: cuda when available, else skipped); "
                              "cpu exercises its code path")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the prune_lab processes it starts
     log = print
     started = time.perf_counter()
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+                    "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                    "load_average_1min_at_start": os.getloadavg()[0], "cuda": torch.cuda.is_available()},
         "versions": versions(), "rounds": args.rounds, "sections": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +159,8 @@ def save(results: dict[str, Any], args: argparse.Namespace) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date'][:10]}-{'cuda' if torch.cuda.is_available() else 'cpu'}{'-quick' if args.quick else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    header = (f"# prune_lab benchmarks, {results['date']}\n\n`python -m benchmarks --rounds {args.rounds}` on "
+    header = (f"# prune_lab benchmarks, {results['date']}\n\n`python -m benchmarks --rounds {args.rounds} --threads "
+              f"{args.threads}` on "
               f"{results['machine']['platform']}, {results['machine']['torch_threads']} torch threads, torch "
               f"{results['versions']['torch']}, commit {results['versions']['git_commit']}. Ratios are medians "
               "over rounds of ratios within a round (variants interleaved).\n\n")

@@ -1,8 +1,9 @@
 """Convolutional networks: LeNet-5, and the VGG-style Conv-2/4/6 of Frankle & Carbin (2019, Table 1).
 
 Conv-N: N 3x3 convolutions ("same" padding) in pairs of 64, 128, 256 channels, each pair followed by a
-2x2 max-pool, then fully connected 256-256-classes. On 32x32x3 inputs they have 4.3M / 2.4M / 1.7M
-parameters, as in the paper.
+2x2 max-pool, then fully connected 256-256-classes. On 32x32x3 inputs Conv-2 and Conv-4 have the paper's
+4.3M / 2.4M parameters; Conv-6 has 2.26M, which is what the paper's layer list adds up to (its Table 1
+prints 1.7M).
 """
 
 from __future__ import annotations

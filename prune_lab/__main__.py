@@ -25,10 +25,19 @@ from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
-from prune_lab.results import METRICS, MetricsLog, now, read_results, versions, write_artifacts, write_error, \
-    write_results
+from prune_lab.results import (
+    METRICS,
+    MetricsLog,
+    now,
+    read_results,
+    versions,
+    write_artifacts,
+    write_error,
+    write_results,
+)
 from prune_lab.seeding import generator, seed_everything
 from prune_lab.storage import PhaseStore
+from prune_lab.threads import apply_threads
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -65,6 +74,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
             f"{spec.config_hash}); use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it"
         )
     device = resolve_device(spec.device)
+    threads = apply_threads(spec.threads)  # parallel runs must not each claim every core
     seed_everything(spec.seed)
     data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
     model = spec.model(data.info)
@@ -91,6 +101,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "overrides": overrides,
         "config": spec.config,
         "device": str(device),
+        "threads": threads,
         "versions": versions(),
         "started_at": started,
         "finished_at": now(),

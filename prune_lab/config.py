@@ -22,13 +22,14 @@ from prune_lab.errors import UserError
 from prune_lab.init import Initializer
 from prune_lab.masks import PrunableSelection
 from prune_lab.pruners.base import Pruner, check_sparsity
+from prune_lab.threads import resolve_threads
 from prune_lab.training import TrainSettings
 
 GROUPS = ("dataset", "model", "init", "pruner", "train")
 # Settings that say where things are or how often to save, not what is computed: a run done with
 # another value of them is the same experiment, so they stay out of the config hash.
 NOT_HASHED = (("dataset", "data_dir"), ("dataset", "download"), ("train", "checkpoint_every_s"),
-              ("keep_checkpoints",), ("cache_dir",))
+              ("keep_checkpoints",), ("cache_dir",), ("threads",))
 
 
 class Dataset(Protocol):
@@ -43,6 +44,7 @@ class RunSpec:
     seed: int
     sparsity: float
     device: str
+    threads: int | str  # a count, or "auto" (prune_lab.threads)
     dataset: Dataset
     model: ModelFactory
     init: Initializer
@@ -91,6 +93,8 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
     seed = check_seed(cfg.get("seed"))
     sparsity = check_sparsity(cfg.get("sparsity"))
     device = str(cfg.get("device", "auto"))
+    threads = cfg.get("threads", "auto")
+    resolve_threads(threads)  # validated now, applied when the run starts
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"device={device!r} must be auto, cpu, cuda or cuda:N")
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -101,6 +105,7 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
         seed=seed,
         sparsity=sparsity,
         device=device,
+        threads=threads,
         prunable=prunable,
         keep_checkpoints=bool(cfg.get("keep_checkpoints", False)),
         choices={g: choices.get(g, "?") for g in (*GROUPS, "experiment") if choices.get(g) is not None},

@@ -105,6 +105,10 @@ class _Collecting(BaseSubmititLauncher):
         jobs = []
         if job_params:
             with submitit.helpers.clean_env():  # no SLURM_* of a surrounding job leaks into the runs' allocations
+                if parallelism and self._EXECUTOR == "local" and "PRUNE_LAB_THREADS" not in os.environ:
+                    # Parallel runs share the cores: each gets its part (prune_lab.threads), not all of them.
+                    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                    os.environ["PRUNE_LAB_THREADS"] = str(max(1, (cores or 1) // int(parallelism)))
                 if parallelism:
                     jobs = _bounded(executor, self, job_params, int(parallelism))
                 else:

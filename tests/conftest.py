@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +45,24 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (SHARED_DATA / name).is_dir():
             shutil.copytree(SHARED_DATA / name, target / name)
     return target
+
+
+def write_cifar10_files(root: Path, per_batch: int, n_test: int) -> Path:
+    """Random images in CIFAR-10's python format (the real set is not on this machine) under root/cifar-10-batches-py.
+
+    Rows are the R, G and B planes of a 32x32 image as uint8; keys are str, as Python 2 pickled them and
+    torchvision reads them back with encoding="latin1". The files cannot pass torchvision's md5 check.
+    """
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for seed, name in enumerate(names, start=1):
+        rng = np.random.default_rng(seed)
+        n = n_test if name == "test_batch" else per_batch
+        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, n).tolist(), "batch_label": name}
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f)
+    with (folder / "batches.meta").open("wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return folder

@@ -6,10 +6,9 @@ import pickle
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import read_json, run_cli
+from conftest import read_json, run_cli, write_cifar10_files
 
 from prune_lab.data.digits import Digits
 from prune_lab.data.torchvision_sets import CIFAR10, MNIST, FashionMNIST
@@ -48,23 +47,9 @@ def test_lenet_300_100_reaches_95_percent_on_mnist_after_one_epoch(tmp_path: Pat
     assert level["test_acc"] >= 0.95, level
 
 
-def write_cifar_batch(path: Path, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)  # rows: R plane, G plane, B plane
-    with path.open("wb") as f:
-        # Python 2 pickled str keys; torchvision reads them with encoding="latin1" as str.
-        pickle.dump({"data": data, "labels": rng.integers(0, 10, n).tolist(), "batch_label": "x"}, f)
-
-
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for i in range(1, 6):
-        write_cifar_batch(folder / f"data_batch_{i}", 20, i)
-    write_cifar_batch(folder / "test_batch", 30, 9)
-    with (folder / "batches.meta").open("wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    write_cifar10_files(tmp_path, per_batch=20, n_test=30)
     return tmp_path
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_json, results_below, run_cli
+from conftest import read_json, results_below, run_cli, write_cifar10_files
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -155,26 +154,13 @@ def test_reinit_comparison_and_init_robustness_sweep_what_the_studies_compared()
 # --- end to end at smoke size ---------------------------------------------------------------------------
 
 
-def write_cifar_batch(path: Path, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
-    with path.open("wb") as f:
-        pickle.dump(batch, f)
-
-
 @pytest.fixture(scope="module")
 def smoke_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real MNIST and Cora, CIFAR-10 files in torchvision's format (the real set is not here), and faces."""
     root = tmp_path_factory.mktemp("smoke_data")
     for name in ("MNIST", "Cora"):
         (root / name).symlink_to(data_dir / name)
-    cifar = root / "cifar-10-batches-py"
-    cifar.mkdir()
-    for i in range(1, 6):
-        write_cifar_batch(cifar / f"data_batch_{i}", 30, i)
-    write_cifar_batch(cifar / "test_batch", 30, 9)
-    with (cifar / "batches.meta").open("wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    write_cifar10_files(root, per_batch=30, n_test=30)
     rng = np.random.default_rng(0)
     for person in range(7):
         (root / "faces" / f"person{person}").mkdir(parents=True)

@@ -113,13 +113,15 @@ def train(
         # Per-epoch seeds (not carried RNG state): a resumed run draws what an uninterrupted one would.
         torch.manual_seed(derive_seed(seed, phase, epoch))
         g = generator(seed, phase, "shuffle", epoch)
+        # Augmentation draws on the data's device: no host-to-device copy of random offsets per step on a GPU.
+        aug_g = generator(seed, phase, "augment", epoch, device=device) if data.augment is not None else None
         perm = torch.randperm(n, generator=g).to(device)
         loss_sum = torch.zeros((), device=device)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
             x, y = data.train.x[idx], data.train.y[idx]
             if data.augment is not None:
-                x = data.augment(x, g)
+                x = data.augment(x, aug_g)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.amp):
                 loss = loss_fn(forward(x), y, x)
             optimizer.zero_grad(set_to_none=True)

@@ -19,9 +19,9 @@ class CropFlip:
     def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:  # x: [B, C, H, W]
         b, c, h, w = x.shape
         if self.pad:
-            # Random offsets drawn on the generator's device (CPU), then gathered on x's device.
-            i = torch.randint(0, 2 * self.pad + 1, (b,), generator=g).to(x.device)
-            j = torch.randint(0, 2 * self.pad + 1, (b,), generator=g).to(x.device)
+            # Offsets drawn on x's device (g lives there too): nothing crosses from the host per batch.
+            i = torch.randint(0, 2 * self.pad + 1, (b,), generator=g, device=x.device)
+            j = torch.randint(0, 2 * self.pad + 1, (b,), generator=g, device=x.device)
             padded = F.pad(x, (self.pad,) * 4)  # zero = the dataset mean after normalisation
             rows = (i[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B, 1, H, 1]
             cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B, 1, 1, W]
@@ -29,7 +29,7 @@ class CropFlip:
             chan = torch.arange(c, device=x.device)[None, :, None, None]
             x = padded[batch, chan, rows, cols]
         if self.flip:
-            flip = (torch.rand(b, generator=g) < 0.5).to(x.device)[:, None, None, None]
+            flip = (torch.rand(b, generator=g, device=x.device) < 0.5)[:, None, None, None]
             x = torch.where(flip, x.flip(-1), x)
         return x
 
@@ -39,5 +39,5 @@ class Flip:
     """Horizontal flip with probability 1/2 (the flowers study's only augmentation)."""
 
     def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
-        flip = (torch.rand(len(x), generator=g) < 0.5).to(x.device)[:, None, None, None]
+        flip = (torch.rand(len(x), generator=g, device=x.device) < 0.5)[:, None, None, None]
         return torch.where(flip, x.flip(-1), x)

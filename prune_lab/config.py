@@ -70,6 +70,14 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def recorded_choice(group: str, choices: Mapping[str, str]) -> str:
+    """The option's name, with any option nested in it: "sparsity_aware(xavier_normal)" for
+    init=sparsity_aware init@init.base=xavier_normal, so analyses tell the bases apart."""
+    nested = [str(v) for k, v in choices.items() if k.startswith(f"{group}@{group}.") and v is not None]
+    name = str(choices.get(group, "?"))
+    return f"{name}({','.join(nested)})" if nested else name
+
+
 def check_seed(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"seed={value!r} must be an integer, e.g. seed=0 or seed=0,1,2 with -m")
@@ -108,7 +116,7 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
         threads=threads,
         prunable=prunable,
         keep_checkpoints=bool(cfg.get("keep_checkpoints", False)),
-        choices={g: choices.get(g, "?") for g in (*GROUPS, "experiment") if choices.get(g) is not None},
+        choices={g: recorded_choice(g, choices) for g in (*GROUPS, "experiment") if choices.get(g) is not None},
         config=config,
         config_hash=config_hash(config),
         cache_dir=config.get("cache_dir"),

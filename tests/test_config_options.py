@@ -63,3 +63,11 @@ def test_config_hash_ignores_data_location_but_not_the_experiment():
     assert moved.config_hash == moved_again.config_hash
     assert base.config_hash != other_seed.config_hash
     assert base.config_hash != moved.config_hash
+
+
+def test_recorded_choice_names_nested_options():
+    from prune_lab.config import recorded_choice
+
+    choices = {"init": "sparsity_aware", "init@init.base": "xavier_normal", "model": "lenet5"}
+    assert recorded_choice("init", choices) == "sparsity_aware(xavier_normal)"
+    assert recorded_choice("model", choices) == "lenet5"

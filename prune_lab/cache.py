@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,9 +83,10 @@ class DenseCache:
         self.folder, self.basis = folder, dict(basis)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write_test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # A probe of its own: jobs starting together must not delete each other's.
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.")
+            os.close(fd)
+            os.unlink(probe)
         except OSError as e:
             raise UserError(f"cache_dir={folder} is not a writable folder ({e}); set cache_dir to another "
                             "folder, or cache_dir=null to train every dense network") from e

@@ -15,7 +15,7 @@ lint:
 test: lint        ## the fast default suite (< 10 min)
 	$(PY) -m pytest
 
-check: lint       ## everything CI runs: slow tests and the real SLURM cluster included
+check: lint       ## everything CI runs (.ci/run): slow tests and the real SLURM cluster included
 	$(PY) -m pytest -m "slow or not slow"
 
 bench:            ## speed and memory ratios, written to benchmarks/results/

@@ -58,16 +58,21 @@ class RunSpec:
     cache_dir: str | None = None  # folder of the dense-training cache (prune_lab.cache); None: off
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 of the resolved config minus location/bookkeeping keys, 16 hex digits."""
+def without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """A deep copy of plain config data minus the keys at `paths`, e.g. ("dataset", "data_dir")."""
     trimmed = json.loads(json.dumps(config))
-    for path in NOT_HASHED:
+    for path in paths:
         node = trimmed
         for key in path[:-1]:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(path[-1], None)
-    return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:16]
+    return trimmed
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 of the resolved config minus location/bookkeeping keys, 16 hex digits."""
+    return hashlib.sha256(json.dumps(without(config, NOT_HASHED), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def recorded_choice(group: str, choices: Mapping[str, str]) -> str:

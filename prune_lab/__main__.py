@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
@@ -40,13 +40,6 @@ from prune_lab.storage import PhaseStore
 from prune_lab.threads import apply_threads
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-# A sweep job's folder is named after its overrides ("init=xavier_normal,seed=1"), not its position in
-# the sweep, so relaunching a sweep with more seeds finds every finished run in the same place.
-OmegaConf.register_new_resolver(
-    "prune_lab_subdir", lambda name: (name or "default").replace("/", "_"), replace=True
-)
-
 
 # Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
 RECORDED_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",

@@ -38,15 +38,14 @@ from typing import Any
 import torch
 
 import prune_lab
-from prune_lab.config import without
+from prune_lab.bookkeeping import BOOKKEEPING, without
 from prune_lab.errors import UserError
 from prune_lab.storage import atomic_write_bytes, atomic_write_json
 
 FORMAT = 1  # bump when the entry layout or what the key covers changes
-# Keys of the resolved config a dense phase does not depend on: where files are, how often to checkpoint,
-# and budgets of later phases (the phase's own epochs are in the key).
-IGNORED = (("dataset", "data_dir"), ("dataset", "download"), ("train", "checkpoint_every_s"),
-           ("train", "finetune_epochs"), ("train", "epochs"))
+# Keys of the resolved config a dense phase does not depend on beyond bookkeeping (prune_lab.bookkeeping):
+# budgets of later phases (the phase's own epochs are in the key).
+PHASE_INDEPENDENT = ("train.finetune_epochs", "train.epochs")
 DENSE_GROUPS = ("dataset", "model", "init", "train")
 
 
@@ -65,7 +64,7 @@ def dense_basis(config: Mapping[str, Any], device: torch.device | str) -> dict[s
     """The part of a resolved run config that a pure dense training phase depends on."""
     basis: dict[str, Any] = {"format": FORMAT, "seed": config["seed"], "device": torch.device(device).type,
                              "torch": torch.__version__, "code": source_digest()}
-    basis.update(without({group: config.get(group) for group in DENSE_GROUPS}, IGNORED))
+    basis.update(without({group: config.get(group) for group in DENSE_GROUPS}, (*BOOKKEEPING, *PHASE_INDEPENDENT)))
     return basis
 
 

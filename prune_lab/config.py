@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from prune_lab.bookkeeping import experiment_config, override_dirname_excludes
 from prune_lab.data.splits import DataInfo, Splits
 from prune_lab.errors import UserError
 from prune_lab.init import Initializer
@@ -26,10 +27,20 @@ from prune_lab.threads import resolve_threads
 from prune_lab.training import TrainSettings
 
 GROUPS = ("dataset", "model", "init", "pruner", "train")
-# Settings that say where things are or how often to save, not what is computed: a run done with
-# another value of them is the same experiment, so they stay out of the config hash.
-NOT_HASHED = (("dataset", "data_dir"), ("dataset", "download"), ("train", "checkpoint_every_s"),
-              ("keep_checkpoints",), ("cache_dir",), ("threads",))
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses; registered when this module is imported (before Hydra composes)."""
+    # A sweep job's folder is named after its overrides ("init=xavier_normal,seed=1"), not its position in
+    # the sweep, so relaunching a sweep with more seeds finds every finished run in the same place.
+    OmegaConf.register_new_resolver("prune_lab_subdir", lambda name: (name or "default").replace("/", "_"),
+                                    replace=True)
+    # hydra.job.config.override_dirname.exclude_keys: bookkeeping never names a folder (prune_lab.bookkeeping).
+    OmegaConf.register_new_resolver("prune_lab_bookkeeping", lambda *extra: override_dirname_excludes(*extra),
+                                    replace=True)
+
+
+register_resolvers()
 
 
 class Dataset(Protocol):
@@ -58,21 +69,9 @@ class RunSpec:
     cache_dir: str | None = None  # folder of the dense-training cache (prune_lab.cache); None: off
 
 
-def without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    """A deep copy of plain config data minus the keys at `paths`, e.g. ("dataset", "data_dir")."""
-    trimmed = json.loads(json.dumps(config))
-    for path in paths:
-        node = trimmed
-        for key in path[:-1]:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return trimmed
-
-
 def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 of the resolved config minus location/bookkeeping keys, 16 hex digits."""
-    return hashlib.sha256(json.dumps(without(config, NOT_HASHED), sort_keys=True).encode()).hexdigest()[:16]
+    """sha256 of the resolved config minus bookkeeping (prune_lab.bookkeeping), 16 hex digits."""
+    return hashlib.sha256(json.dumps(experiment_config(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def recorded_choice(group: str, choices: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ from prune_lab.errors import UserError
 from prune_lab.evaluation import evaluate
 from prune_lab.masks import Mask
 from prune_lab.seeding import derive_seed, generator
+from prune_lab.validate import check_fields, check_range
 
 # (logits [B, classes], labels [B], inputs [B, ...]) -> scalar loss; inputs let distillation query a teacher.
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -50,18 +51,14 @@ class TrainSettings:
     compile: bool = False  # torch.compile the model for training: faster steps after a one-off compile
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"train.lr={self.lr} must be a positive number, e.g. train.lr=0.001")
+        check_fields(self, "train")
+        if self.lr <= 0:
+            raise UserError(f"train.lr={self.lr:g} must be a positive number, e.g. train.lr=0.001")
         for key in ("epochs", "finetune_epochs"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise UserError(f"train.{key}={value} must be a whole number of epochs >= 0")
+            check_range(getattr(self, key), f"train.{key}", low=0, example=f"train.{key}=10")
         for key in ("batch_size", "eval_every", "eval_batch_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"train.{key}={value} must be a positive integer")
-        if self.checkpoint_every_s < 0:
-            raise UserError(f"train.checkpoint_every_s={self.checkpoint_every_s} must be >= 0 (0: every epoch)")
+            check_range(getattr(self, key), f"train.{key}", low=1, example=f"train.{key}=64")
+        check_range(self.checkpoint_every_s, "train.checkpoint_every_s", low=0, example="0 (every epoch)")
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""What is bookkeeping, not the experiment: the one list every notion of "the same run" reads.
+
+A bookkeeping key says where things are, how the machine runs them or how often to save, never what is
+computed: a run done with another value of it is the same experiment. The config hash (prune_lab.config),
+the dense-cache key (prune_lab.cache), the sweep folder names (Hydra's `override_dirname.exclude_keys`,
+through the `prune_lab_bookkeeping` resolver in conf/config.yaml) and the analysis' conditions
+(multirun_analysis.loading) all read `BOOKKEEPING` here, at call time, so editing this tuple moves all four.
+
+Machine facts a result may still depend on numerically (the device type, torch's version, the CPU thread
+count) are not config identity; the dense cache adds them to its key as measured facts of the run.
+
+This module imports nothing heavy: the analysis and the launchers import it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Dotted keys of the resolved config (and of command-line overrides).
+BOOKKEEPING: tuple[str, ...] = (
+    "device",                    # auto | cpu | cuda: where it runs (the cache key records the device type used)
+    "threads",                   # CPU threads for torch (the cache key records the count used)
+    "cache_dir",                 # where the dense-training cache lives
+    "keep_checkpoints",          # whether a finished run keeps its resumable checkpoints
+    "dataset.data_dir",          # where the data files are
+    "dataset.download",          # whether missing files may be fetched
+    "dataset.verify_md5",        # whether files are checked before use (a corrupt file fails either way)
+    "train.checkpoint_every_s",  # how often a phase saves a resumable checkpoint
+)
+
+# Keys that place a run on a curve rather than define its curve: the statistics' axes.
+AXES: tuple[str, ...] = ("seed", "sparsity", "pruner.sparsity")
+
+
+def normalize_key(key: str) -> str:
+    """An override's key as a dotted config key: "+train/x" -> "train.x" (Hydra's +, ++ and ~ dropped)."""
+    return key.lstrip("+~").replace("/", ".")
+
+
+def is_bookkeeping(key: str) -> bool:
+    return normalize_key(key) in BOOKKEEPING
+
+
+def without(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A deep copy of plain config data minus the dotted `keys`, e.g. "dataset.data_dir"."""
+    trimmed = json.loads(json.dumps(config))
+    for key in keys:
+        *parents, last = key.split(".")
+        node: Any = trimmed
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return trimmed
+
+
+def experiment_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config minus bookkeeping: what defines the experiment (the config hash hashes this)."""
+    return without(config, BOOKKEEPING)
+
+
+def condition_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment minus its axes (seed, target): runs with equal condition configs share one curve."""
+    return without(config, (*BOOKKEEPING, *AXES))
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train.lr": 0.01, ...}: nested dicts flattened to dotted keys; lists kept as JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, (list, tuple)):
+            out[dotted] = json.dumps(value, sort_keys=True)
+        else:
+            out[dotted] = value
+    return out
+
+
+def override_dirname_excludes(*extra: str) -> list[str]:
+    """Hydra's `override_dirname.exclude_keys`: bookkeeping plus `extra` (e.g. experiment, size)."""
+    return [*BOOKKEEPING, *extra]

@@ -21,6 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from prune_lab.bookkeeping import experiment_config, flatten
 from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
@@ -54,6 +55,35 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def differing_keys(a: dict[str, Any], b: dict[str, Any], most: int = 6) -> str:
+    """"train.lr: 0.01 -> 0.002, seed: 0 -> 1": the experiment keys in which two resolved configs differ."""
+    fa, fb = flatten(experiment_config(a)), flatten(experiment_config(b))
+    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k, "<absent>") != fb.get(k, "<absent>"))
+    shown = ", ".join(f"{k}: {fa.get(k, '<absent>')} -> {fb.get(k, '<absent>')}" for k in keys[:most])
+    return shown + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
+
+
+def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device: torch.device | None = None,
+              threads: int | None = None) -> Job:
+    """seed -> data -> model -> init -> the job the pruner drives, its target checked before any training.
+
+    `run` trains what this builds; tests and notebooks build the very same job with it."""
+    device = resolve_device(spec.device) if device is None else device
+    threads = apply_threads(spec.threads) if threads is None else threads  # parallel runs share the cores
+    seed_everything(spec.seed)
+    data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
+    model = spec.model(data.info)
+    spec.init(model, generator(spec.seed, "init"))
+    model = model.to(device)
+    prunable = spec.prunable.names(model)
+    params = dict(model.named_parameters())
+    spec.pruner.check({n: tuple(params[n].shape) for n in prunable})  # an unreachable target stops here
+    store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
+    metrics = MetricsLog(run_dir / METRICS)
+    cache = DenseCache.open(spec.cache_dir, spec.config, device, threads)
+    return job_type(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)
+
+
 def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """seed -> data -> model -> init -> (the pruner's schedule of train / prune / evaluate) -> results."""
     started, t0 = now(), time.perf_counter()
@@ -63,33 +93,26 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
             print(f"prune_lab: {run_dir} is already complete (config {spec.config_hash}); skipping")
             return done
         raise UserError(
-            f"{run_dir} holds results of another configuration (hash {done.get('config_hash')}, this run "
-            f"{spec.config_hash}); use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it"
+            f"{run_dir} holds results of another configuration "
+            f"({differing_keys(done.get('config') or {}, spec.config)}); "
+            "use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it"
         )
     device = resolve_device(spec.device)
-    threads = apply_threads(spec.threads)  # parallel runs must not each claim every core
-    seed_everything(spec.seed)
-    data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
-    model = spec.model(data.info)
-    spec.init(model, generator(spec.seed, "init"))
-    model = model.to(device)
-    prunable = spec.prunable.names(model)
-    store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
-    metrics = MetricsLog(run_dir / METRICS)
-    cache = DenseCache.open(spec.cache_dir, spec.config, device)
-    job = Job(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)
+    threads = apply_threads(spec.threads)
+    job = build_job(spec, run_dir, device=device, threads=threads)
 
     spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
 
     if not job.levels:
         raise RuntimeError(f"pruner {type(spec.pruner).__name__} recorded no level; it must call job.evaluate")
-    metrics.finalize(job.history + [{"level_record": i, **lv.to_json()} for i, lv in enumerate(job.levels)])
-    write_artifacts(run_dir, model, job.mask.state_dict(), job.levels[-1].layers)
+    levels = [{"level_record": i, **lv.to_json()} for i, lv in enumerate(job.levels)]
+    MetricsLog(run_dir / METRICS).finalize(job.history + levels)
+    write_artifacts(run_dir, job.model, job.mask.state_dict(), job.levels[-1].layers)
     record = {
         "seed": spec.seed,
         **{group: spec.choices.get(group) for group in ("dataset", "model", "init", "pruner", "train")},
         "experiment": spec.choices.get("experiment"),
-        "target_sparsity": spec.sparsity,
+        "target_sparsity": spec.pruner.target,  # the pruner's own target: the one it pruned to
         "config_hash": spec.config_hash,
         "overrides": overrides,
         "config": spec.config,
@@ -108,7 +131,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     }
     path = write_results(run_dir, record)
     if not spec.keep_checkpoints:
-        store.clear()
+        job.store.clear()
     print(summary(record, path))
     return record
 
@@ -118,7 +141,8 @@ def summary(record: dict[str, Any], path: Path) -> str:
              f"pruner={record['pruner']} / seed={record['seed']}"]
     for level in record["levels"]:
         lines.append(f"  {level['name']:<10} sparsity {level['sparsity']:.3f} (target {level['target_sparsity']:.3f})"
-                     f"  test acc {level['test_acc']:.4f}  test loss {level['test_loss']:.4f}")
+                     f"  test acc {level['test_acc']:.4f}  test loss {level['test_loss']:.4f}"
+                     f"  ({level['epochs_trained']} epochs)")
     lines.append(f"  results: {path}  ({record['wall_time_s']:.1f} s)")
     return "\n".join(lines)
 
@@ -132,7 +156,8 @@ def hydra_main(cfg: DictConfig) -> None:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
         run(spec, run_dir, overrides)
     except UserError as e:
-        write_error(run_dir, {"error": str(e), "kind": "config", "overrides": overrides})
+        if read_results(run_dir) is None:  # never an error.json beside a valid results.json
+            write_error(run_dir, {"error": str(e), "kind": "config", "overrides": overrides})
         print(f"prune_lab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:

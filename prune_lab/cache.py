@@ -5,9 +5,14 @@ starts by training the same dense network. `Job.train` asks this cache for such 
 phase that is pure dense training: the first thing the job does, with the model still at its initial
 weights, an all-ones mask, no step hook and the default loss (see `Job._shareable`). The key is a sha256
 of exactly what that phase's outcome depends on (`dense_basis`): the resolved dataset/model/init/train
-groups minus locations and bookkeeping, the seed, the phase name and epochs (its random streams derive from
-them), the device type, the torch version and a digest of prune_lab's own source, so editing the code never
-reuses a stale entry.
+groups minus bookkeeping (prune_lab.bookkeeping), the seed, the phase name and epochs (its random streams
+derive from them), the device type, the CPU thread count (float sums are not bit-identical across thread
+counts), the torch version, a digest of prune_lab's own source, and the code of every `_target_` those
+groups instantiate (`target_code`): the files of a user's own package or module, the version of an
+installed distribution. Editing any of it never reuses a stale entry; a target whose code cannot be found
+(a class defined in a notebook, say) turns sharing off for the run, with a note.
+"Identical" means: the same bits as the job that trained the entry, on the same device type, torch version
+and thread count.
 
 Concurrency (several jobs, one folder, maybe a shared filesystem): a job that misses takes an exclusive
 lock on `<key>.lock` (fcntl `flock` through the `filelock` package) and trains; the others block on the
@@ -24,21 +29,23 @@ fails outright (ENOLCK), the job trains without the lock and says so.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 import prune_lab
-from prune_lab.bookkeeping import BOOKKEEPING, without
+from prune_lab import bookkeeping
 from prune_lab.errors import UserError
 from prune_lab.storage import atomic_write_bytes, atomic_write_json
 
@@ -47,6 +54,7 @@ FORMAT = 1  # bump when the entry layout or what the key covers changes
 # budgets of later phases (the phase's own epochs are in the key).
 PHASE_INDEPENDENT = ("train.finetune_epochs", "train.epochs")
 DENSE_GROUPS = ("dataset", "model", "init", "train")
+MAX_USER_FILES = 500  # a user's folder with more .py files than this is not hashed: no sharing
 
 
 @lru_cache(maxsize=1)
@@ -60,11 +68,87 @@ def source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def dense_basis(config: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """The part of a resolved run config that a pure dense training phase depends on."""
+def _targets(node: Any) -> Iterator[str]:
+    """Every `_target_` string in a resolved config subtree."""
+    if isinstance(node, Mapping):
+        if isinstance(node.get("_target_"), str):
+            yield node["_target_"]
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def _module_of(target: str) -> ModuleType | None:
+    """The imported module a dotted `_target_` lives in (the longest prefix already imported)."""
+    parts = target.split(".")
+    for i in range(len(parts), 0, -1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None:
+            return module
+    return None
+
+
+def _installed(path: Path) -> bool:
+    return any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+def _files_digest(files: list[Path]) -> str | None:
+    if len(files) > MAX_USER_FILES:
+        return None
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(str(path).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def target_code(target: str) -> str | None:
+    """What the code behind one `_target_` is, as a short string for the key; None when it cannot be known.
+
+    prune_lab's own modules: covered by `source_digest`. An installed distribution (site-packages): its
+    name and version. Anything else (a user's module found through PYTHONPATH / --config-dir): a digest of
+    every .py file of its top-level package, or, for a plain module, of the .py files beside it, since it
+    may import its neighbours."""
+    module = _module_of(target)
+    if module is None:
+        return None
+    top = module.__name__.split(".")[0]
+    if top == "prune_lab":
+        return "prune_lab"
+    top_module = sys.modules.get(top)
+    origin = getattr(top_module, "__file__", None)
+    if origin is None:
+        return None  # a namespace package, a class made in a notebook's __main__, ...: unknown code
+    path = Path(origin).resolve()
+    if _installed(path):
+        dists = importlib.metadata.packages_distributions().get(top, [])
+        versions = sorted(f"{d}=={importlib.metadata.version(d)}" for d in dists)
+        return f"{top}:{','.join(versions) or 'unknown'}" if versions else None
+    if top == "__main__":
+        return None
+    folder = path.parent
+    files = list(folder.rglob("*.py")) if path.name == "__init__.py" else list(folder.glob("*.py"))
+    digest = _files_digest(files)
+    return None if digest is None else f"{top}:{digest}"
+
+
+def dense_basis(config: Mapping[str, Any], device: torch.device | str, threads: int) -> dict[str, Any]:
+    """The part of a resolved run config (and of the machine) that a pure dense training phase depends on.
+
+    Raises LookupError naming a `_target_` whose code cannot be known (the caller then does not share)."""
+    groups = {group: config.get(group) for group in DENSE_GROUPS}
+    code = {}
+    for target in sorted(set(_targets(groups))):
+        found = target_code(target)
+        if found is None:
+            raise LookupError(target)
+        code[target] = found
     basis: dict[str, Any] = {"format": FORMAT, "seed": config["seed"], "device": torch.device(device).type,
-                             "torch": torch.__version__, "code": source_digest()}
-    basis.update(without({group: config.get(group) for group in DENSE_GROUPS}, (*BOOKKEEPING, *PHASE_INDEPENDENT)))
+                             "threads": threads, "torch": torch.__version__, "code": source_digest(),
+                             "targets": code}
+    basis.update(bookkeeping.without(groups, (*bookkeeping.BOOKKEEPING, *PHASE_INDEPENDENT)))
     return basis
 
 
@@ -89,11 +173,18 @@ class DenseCache:
                             "folder, or cache_dir=null to train every dense network") from e
 
     @classmethod
-    def open(cls, cache_dir: str | None, config: Mapping[str, Any], device: torch.device) -> DenseCache | None:
-        """The cache of a run, or None when `cache_dir` is null (disabled)."""
+    def open(cls, cache_dir: str | None, config: Mapping[str, Any], device: torch.device,
+             threads: int) -> DenseCache | None:
+        """The cache of a run, or None when `cache_dir` is null (disabled) or the run's code cannot be known."""
         if cache_dir is None or str(cache_dir).strip().lower() in ("", "null", "none", "false"):
             return None
-        return cls(Path(str(cache_dir)).expanduser(), dense_basis(config, device))
+        try:
+            basis = dense_basis(config, device, threads)
+        except LookupError as e:
+            print(f"prune_lab: the dense cache is off for this run: the code of {e.args[0]} cannot be located, so "
+                  "a cached network could be stale", file=sys.stderr)
+            return None
+        return cls(Path(str(cache_dir)).expanduser(), basis)
 
     def key(self, phase: str, epochs: int) -> str:
         identity = {**self.basis, "phase": phase, "epochs": epochs}

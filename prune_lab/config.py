@@ -36,8 +36,18 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("prune_lab_subdir", lambda name: (name or "default").replace("/", "_"),
                                     replace=True)
     # hydra.job.config.override_dirname.exclude_keys: bookkeeping never names a folder (prune_lab.bookkeeping).
+    # train.finetune_epochs: ${prune_lab_half:${train.epochs}}: fine-tuning follows the dense budget.
+    OmegaConf.register_new_resolver("prune_lab_half", lambda epochs: _half(epochs), replace=True)
     OmegaConf.register_new_resolver("prune_lab_bookkeeping", lambda *extra: override_dirname_excludes(*extra),
                                     replace=True)
+
+
+def _half(epochs: Any) -> Any:
+    """Half of a whole number of epochs (rounded up: 1 of 1); anything else is passed on for TrainSettings to
+    refuse with its own message."""
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        return (epochs + 1) // 2
+    return epochs
 
 
 register_resolvers()
@@ -53,13 +63,12 @@ ModelFactory = Callable[[DataInfo], nn.Module]
 @dataclass(frozen=True)
 class RunSpec:
     seed: int
-    sparsity: float
     device: str
     threads: int | str  # a count, or "auto" (prune_lab.threads)
     dataset: Dataset
     model: ModelFactory
     init: Initializer
-    pruner: Pruner
+    pruner: Pruner  # its `target` is the run's target sparsity: the only one recorded
     train: TrainSettings
     prunable: PrunableSelection
     keep_checkpoints: bool
@@ -101,9 +110,20 @@ def _instantiate(node: DictConfig, group: str) -> Any:
         raise UserError(f"{group}: cannot build {node.get('_target_')}: {reason}") from e
 
 
+def check_one_target(cfg: DictConfig) -> None:
+    """`sparsity` is the run's one target: a pruner setting its own `pruner.sparsity` to something else would
+    prune to one number while the sweep is labelled by the other, so the two must agree."""
+    top = check_sparsity(cfg.get("sparsity"))
+    pruner = cfg.get("pruner")
+    own = pruner.get("sparsity") if isinstance(pruner, DictConfig) else None
+    if own is not None and own != top:
+        raise UserError(f"pruner.sparsity={own} disagrees with sparsity={top}: the run has one target; set "
+                        f"sparsity={own} (top level) and leave pruner.sparsity at its default ${{sparsity}}")
+
+
 def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
     seed = check_seed(cfg.get("seed"))
-    sparsity = check_sparsity(cfg.get("sparsity"))
+    check_one_target(cfg)
     device = str(cfg.get("device", "auto"))
     threads = cfg.get("threads", "auto")
     resolve_threads(threads)  # validated now, applied when the run starts
@@ -115,7 +135,6 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
     prunable = PrunableSelection(**config.get("prunable", {}))
     return RunSpec(
         seed=seed,
-        sparsity=sparsity,
         device=device,
         threads=threads,
         prunable=prunable,

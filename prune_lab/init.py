@@ -3,13 +3,15 @@
 A scheme initialises the weight of every Linear and Conv layer from a torch.Generator, so a seed
 reproduces it and a second generator gives a fresh draw from the same distribution (the Lottery
 Ticket "random reinitialisation" control). Biases: the named schemes (Xavier, Kaiming, orthogonal)
-set them to zero; `default` keeps PyTorch's own initialisation for weights and biases alike.
+set them to zero, or with zero_bias=false draw them as PyTorch's layers do (uniform in +-1/sqrt(fan_in)),
+so a reinitialisation redraws them too; `default` is PyTorch's own initialisation for weights and biases.
 Other layers (batch norm) keep their constructor values (weight 1, bias 0).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,8 +43,14 @@ class InitScheme:
                 draw = torch.empty(m.weight.shape, dtype=m.weight.dtype)
                 self.weight(draw, generator=generator)
                 m.weight.copy_(draw)
-                if m.bias is not None and self.zero_bias:
+                if m.bias is None:
+                    continue
+                if self.zero_bias:
                     m.bias.zero_()
+                else:  # nn.Linear / nn.ConvNd's own bias law, from this generator: a redraw redraws biases too
+                    bound = 1.0 / math.sqrt(m.weight[0].numel()) if m.weight[0].numel() else 0.0
+                    m.bias.copy_(torch.empty(m.bias.shape, dtype=m.bias.dtype).uniform_(-bound, bound,
+                                                                                       generator=generator))
 
 
 @dataclass(frozen=True)

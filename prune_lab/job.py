@@ -8,8 +8,9 @@ short resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,6 +58,7 @@ class Job:
         self.resumed: list[dict[str, Any]] = []  # phases this attempt took from checkpoints (results.json)
         self.dense_cache = dense_cache  # shares pure dense phases between a sweep's jobs (None: off)
         self.cached_phases: list[dict[str, Any]] = []  # {"phase", "key", "hit"} per phase the cache served
+        self.epochs_trained = 0  # every phase's epochs so far: the training budget behind the next level
 
     # --- what pruners read -------------------------------------------------------------------------
     def weights(self) -> dict[str, Tensor]:
@@ -76,6 +78,7 @@ class Job:
             raise ValueError(f"phase {phase!r} trained twice in one run; give each phase its own name")
         shareable = self._shareable(on_step, loss_fn)  # decided before this phase counts as trained
         self._phases.add(phase)
+        self.epochs_trained += epochs
         done = self.store.load(phase, "done")
         if done is not None:  # finished in an earlier attempt: replay its outcome, train nothing
             self.model.load_state_dict(done["model"])
@@ -151,6 +154,17 @@ class Job:
         if fit is not None:
             fit(self.model, self.mask)
 
+    @contextlib.contextmanager
+    def branch(self) -> Iterator[None]:
+        """Work inside (a control arm, say) leaves the job as it found it: weights, mask and training budget."""
+        state, mask, epochs = copy_state(self.model), self.mask, self.epochs_trained
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(state)
+            self.set_mask(mask)
+            self.epochs_trained = epochs
+
     def save_snapshot(self, name: str) -> None:
         """Persist the current weights (e.g. for late rewinding) so a resumed run finds them."""
         self.store.save(name, "snapshot", {"model": copy_state(self.model)})
@@ -162,12 +176,21 @@ class Job:
         return {k: v.to(self._device()) for k, v in snap["model"].items()}
 
     def evaluate(self, name: str, target_sparsity: float, **extra: Any) -> Level:
-        """Measure the model now and record it as a level of the run's results."""
+        """Measure the model now and record it as a level of the run's results.
+
+        A level whose mask is further from its target than one unit (row) per layer is a pruner's bug: it is
+        refused here rather than recorded under a target it did not reach."""
+        reached = self.mask.sparsity()
+        total = sum(t.numel() for t in self.mask.tensors.values())
+        slack = sum(t[0].numel() for t in self.mask.tensors.values()) / total
+        if abs(reached - target_sparsity) > slack + 1e-9:
+            raise RuntimeError(f"level {name!r} is pruned to {reached:.4f}, not its target {target_sparsity:.4f}; "
+                               "the pruner missed its target (a bug: please report it)")
         batch = self.settings.eval_batch_size
         level = measure_level(
             self.model, self.prunable, name, target_sparsity,
             test=evaluate(self.model, self.data.test, batch), val=evaluate(self.model, self.data.val, batch),
-            **measure_payoff(self.model, self.data.train.x[:1]), **extra,
+            **measure_payoff(self.model, self.data.train.x[:1]), epochs_trained=self.epochs_trained, **extra,
         )
         self.levels.append(level)
         self.log({"level": name, "sparsity": level.sparsity, "test_acc": level.test_acc,

@@ -24,15 +24,18 @@ from prune_lab.storage import PhaseStore
 from prune_lab.training import TrainSettings
 from tests.conftest import ROOT, TINY, read_json, results_below, run_cli
 
-CONFIG = {"seed": 0, "sparsity": 0.5, "pruner": {"_target_": "x.OneShot"},
-          "dataset": {"_target_": "d.MNIST", "data_dir": "/a", "download": False, "val_size": 5000},
-          "model": {"_target_": "m.MLP", "hidden": [300, 100]}, "init": {"_target_": "i.Kaiming"},
-          "train": {"lr": 0.01, "epochs": 3, "finetune_epochs": 2, "batch_size": 64, "checkpoint_every_s": 10}}
+CONFIG = {"seed": 0, "sparsity": 0.5, "pruner": {"_target_": "prune_lab.pruners.schedules.OneShot"},
+          "dataset": {"_target_": "prune_lab.data.torchvision_sets.MNIST", "data_dir": "/a", "download": False,
+                      "val_size": 5000},
+          "model": {"_target_": "prune_lab.models.mlp.MLP", "hidden": [300, 100]},
+          "init": {"_target_": "prune_lab.init.PyTorchDefault"},
+          "train": {"lr": 0.01, "epochs": 3, "finetune_epochs": 2, "batch_size": 64, "checkpoint_every_s": 10,
+                    "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True}}}
 
 
-def key(config: dict, phase: str = "dense", epochs: int = 3, device: str = "cpu") -> str:
+def key(config: dict, phase: str = "dense", epochs: int = 3, device: str = "cpu", threads: int = 1) -> str:
     cache = DenseCache.__new__(DenseCache)  # the key alone: no folder needed
-    cache.folder, cache.basis = Path("/nonexistent"), dense_basis(config, device)
+    cache.folder, cache.basis = Path("/nonexistent"), dense_basis(config, device, threads)
     return cache.key(phase, epochs)
 
 
@@ -45,7 +48,8 @@ def changed(path: tuple[str, ...], value: object) -> dict:
     return config
 
 
-@pytest.mark.parametrize("path,value", [(("seed",), 1), (("init", "_target_"), "i.Xavier"), (("train", "lr"), 0.1),
+@pytest.mark.parametrize("path,value", [(("seed",), 1), (("init", "_target_"), "prune_lab.init.InitScheme"),
+                                        (("train", "lr"), 0.1),
                                         (("dataset", "val_size"), 100), (("model", "hidden"), [10])])
 def test_key_changes_with_what_dense_training_depends_on(path: tuple[str, ...], value: object) -> None:
     assert key(changed(path, value)) != key(CONFIG)
@@ -58,9 +62,41 @@ def test_key_ignores_pruner_settings_and_locations(path: tuple[str, ...], value:
     assert key(changed(path, value)) == key(CONFIG)
 
 
-def test_key_covers_phase_epochs_and_device() -> None:
+def test_key_covers_phase_epochs_device_and_threads() -> None:
     base = key(CONFIG)
-    assert len({base, key(CONFIG, phase="warmup"), key(CONFIG, epochs=4), key(CONFIG, device="cuda")}) == 4
+    assert len({base, key(CONFIG, phase="warmup"), key(CONFIG, epochs=4), key(CONFIG, device="cuda"),
+                key(CONFIG, threads=2)}) == 5
+
+
+def test_key_follows_the_one_bookkeeping_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prune_lab import bookkeeping
+
+    lr = changed(("train", "lr"), 0.5)
+    assert key(lr) != key(CONFIG)
+    monkeypatch.setattr(bookkeeping, "BOOKKEEPING", (*bookkeeping.BOOKKEEPING, "train.lr"))
+    assert key(lr) == key(CONFIG)
+
+
+def test_key_covers_the_code_of_user_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model class outside prune_lab: editing its module (or a module beside it) gives a new key."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "mynet.py").write_text("import torch\nclass Net(torch.nn.Module):\n    act = torch.nn.ReLU\n")
+    (folder / "helpers.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(folder))
+    import importlib
+
+    importlib.import_module("mynet")
+    config = changed(("model", "_target_"), "mynet.Net")
+    before = key(config)
+    (folder / "helpers.py").write_text("SCALE = 2\n")  # a neighbour the module may import
+    assert key(config) != before
+    (folder / "mynet.py").write_text("import torch\nclass Net(torch.nn.Module):\n    act = torch.nn.Tanh\n")
+    changed_code = key(config)
+    assert changed_code != before
+    monkeypatch.delitem(sys.modules, "mynet")
+    with pytest.raises(LookupError, match="mynet.Net"):  # code that cannot be located is never shared
+        key(config)
 
 
 RACER = textwrap.dedent("""

@@ -157,7 +157,7 @@ def test_sparsity_aware_init_keeps_each_layers_preactivation_variance_at_90_perc
 
 def reset_values(job, overrides: tuple[str, ...], phase: str) -> dict[str, torch.Tensor]:
     """The dense values the pruner reset the weights to before `phase` (what the init saw)."""
-    if "pruner.reinit=random" in overrides:  # the job's own stream for this reset, drawn again
+    if {"pruner.reinit=random", "pruner.reinit=redraw_each_round"} & set(overrides):  # that stream, drawn again
         ref = copy.deepcopy(job.model)
         stream = ("round", int(phase.split("-")[1])) if phase.startswith("round-") else ()
         job.init.base(ref, job.generator("reinit", *stream))
@@ -169,7 +169,7 @@ def reset_values(job, overrides: tuple[str, ...], phase: str) -> dict[str, torch
 
 @pytest.mark.parametrize("overrides", [
     ("pruner=imp", "sparsity=0.5"),
-    ("pruner=imp", "sparsity=0.2", "pruner.reinit=random"),
+    ("pruner=imp", "sparsity=0.2", "pruner.reinit=redraw_each_round"),
     ("pruner=imp", "sparsity=0.2", "pruner.rewind=step:2"),
     ("pruner=magnitude", "pruner.reinit=original"),
     ("pruner=random", "pruner.reinit=random"),

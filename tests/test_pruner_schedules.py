@@ -3,6 +3,7 @@ schedules, pruning at initialisation (SNIP, GraSP, SynFlow) and structured unit 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.func import functional_call
 
+from prune_lab.__main__ import build_job
 from prune_lab.config import compose_run
 from prune_lab.data.splits import Splits, TensorSet
 from prune_lab.errors import UserError
@@ -24,8 +26,6 @@ from prune_lab.pruners.during_training import Cubic, Gradual
 from prune_lab.pruners.iterative import SNAPSHOT, IterativeMagnitude
 from prune_lab.pruners.saliency import GraSP
 from prune_lab.pruners.structured import Unit
-from prune_lab.seeding import generator
-from prune_lab.storage import PhaseStore
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -49,11 +49,7 @@ def job_from_config(folder: Path, *overrides: str) -> RecordingJob:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     spec = compose_run(cfg, {})
-    data = spec.dataset.load()
-    model = spec.model(data.info)
-    spec.init(model, generator(spec.seed, "init"))
-    job = RecordingJob(model, data, spec.train, spec.prunable.names(model), spec.init, spec.seed,
-                       PhaseStore(folder / "checkpoints", spec.config_hash))
+    job = build_job(dataclasses.replace(spec, cache_dir=None), folder, RecordingJob)
     job.pruner = spec.pruner
     return job
 
@@ -84,7 +80,8 @@ def test_imp_rewinds_survivors_exactly_and_pruned_weights_stay_zero(tmp_path: Pa
         assert all(torch.equal(target[n], v) for n, v in job.load_snapshot(SNAPSHOT).items())
         assert not torch.equal(target["net.1.weight"], job.initial_state["net.1.weight"])
     rounds = [p for p in job.starts if p.startswith("round-")]
-    assert rounds == ["round-1", "round-2", "round-3", "round-4"]  # 1 - 0.8^4 = 0.59 >= 0.5 > 1 - 0.8^3
+    # 1 - 0.8^3 = 0.488 < 0.5: the last 0.1 of a round joins round 3 (MERGE_BELOW), which goes to 0.5
+    assert rounds == ["round-1", "round-2", "round-3"]
     previous = Mask.ones(job.model, job.prunable)
     for phase in rounds:
         start, mask = job.starts[phase]
@@ -184,15 +181,26 @@ def test_agp_run_ends_at_the_final_sparsity_in_every_layer(tmp_path: Path):
     assert level.extra["prune_steps"] == [round(0.1 * total), round(0.75 * total)]
 
 
-def test_gradual_prunes_the_rate_of_the_remaining_weights_at_each_event(tmp_path: Path):
-    gradual = Gradual(criterion=None, epochs=1)  # the study's defaults: 17% at 1/3 and at 2/3
+def test_gradual_prunes_the_same_share_of_the_remaining_weights_at_each_event(tmp_path: Path):
+    gradual = Gradual(criterion=None, epochs=1, sparsity=1 - 0.83**2)  # the study's 17% at 1/3 and at 2/3
     assert gradual.schedule(300) == [(100, pytest.approx(0.17)), (200, pytest.approx(1 - 0.83**2))]
-    job = job_from_config(tmp_path, "pruner=gradual", "train.epochs=6")
+    job = job_from_config(tmp_path, "pruner=gradual", "sparsity=0.3111", "train.epochs=6")
     job.pruner.run(job)
     (level,) = job.levels
     assert level.target_sparsity == pytest.approx(0.3111)
     for layer in level.layers.values():
-        assert abs(layer["numel"] - layer["nonzero"] - (1 - 0.83**2) * layer["numel"]) <= 1
+        assert abs(layer["numel"] - layer["nonzero"] - 0.3111 * layer["numel"]) <= 1
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9])
+def test_gradual_honours_sparsity(tmp_path: Path, sparsity: float):
+    """A sweep over sparsity used to give three identical runs: the rate was fixed at 17%."""
+    job = job_from_config(tmp_path, "pruner=gradual", f"sparsity={sparsity}", "train.epochs=6")
+    job.pruner.run(job)
+    (level,) = job.levels
+    assert level.target_sparsity == sparsity
+    for layer in level.layers.values():
+        assert abs(layer["numel"] - layer["nonzero"] - sparsity * layer["numel"]) <= 1
 
 
 # --- pruning at initialisation --------------------------------------------------------------------------
@@ -293,10 +301,13 @@ def test_unit_pruning_zeroes_whole_rows_or_filters_and_nothing_else(scope: str, 
     assert bool(mask.tensors["6.weight"].all()), "the output layer's rows are the classes: untouched"
     total = sum(w.numel() for w in weights.values())
     pruned = sum(int((~k).sum()) for k in mask.tensors.values())
-    if scope == "layerwise":
+    if scope == "layerwise":  # every candidate layer loses the same share, which makes up for the output layer
+        share = sparsity * total / sum(weights[n].numel() for n in ("0.weight", "2.weight", "4.weight"))
         for name in ("0.weight", "2.weight", "4.weight"):
             units = mask.tensors[name].shape[0]
-            assert int((~mask.tensors[name].reshape(units, -1).any(1)).sum()) == round(sparsity * units)
+            assert int((~mask.tensors[name].reshape(units, -1).any(1)).sum()) == round(share * units)
+        # the target counts ALL prunable weights (the protected output layer's too): within a unit per layer
+        assert abs(pruned - sparsity * total) <= sum(w[0].numel() for w in weights.values()) / 2
     else:  # whole units until the weight count is closest to the target: within half the largest unit
         assert abs(pruned - sparsity * total) <= max(w[0].numel() for w in weights.values()) / 2 + 0.5
 
@@ -316,11 +327,13 @@ def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
     weights, full = weights_and_mask(m)
     first = Unit("layerwise").compute_mask(weights, full, 0.25)
     second = Unit("layerwise").compute_mask(weights, first, 0.5)
+    share = 0.5 * sum(w.numel() for w in weights.values()) / sum(
+        w.numel() for n, w in weights.items() if n != "6.weight")
     for name, keep in second.tensors.items():
         assert torch.equal(keep & first.tensors[name], keep)
         units = keep.shape[0]
         if name != "6.weight":
-            assert int((~keep.reshape(units, -1).any(1)).sum()) == round(0.5 * units)
+            assert int((~keep.reshape(units, -1).any(1)).sum()) == round(share * units)
 
 
 # --- bad settings ---------------------------------------------------------------------------------------
@@ -331,7 +344,11 @@ def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
     (("pruner=imp", "pruner.layer_rates={nope.weight:0.1}"), "matches no prunable weight"),
     (("pruner=imp", "pruner.layer_rates={net.1.weight:0.1}", "pruner.scope=global"), "pruner.scope=layerwise"),
     (("pruner=imp", "pruner.layer_rates={net.*:0.0}"), "cannot be reached"),
-    (("pruner=imp", "pruner.reinit=random", "pruner.rewind=step:2"), "pruner.reinit=original"),
+    (("pruner=imp", "pruner.reinit=keep", "pruner.rewind=step:2"), "pruner.reinit=original"),
+    (("pruner=imp", "pruner.reinit=random"), "randomly_reinitialize"),
+    (("pruner=imp", "pruner.controls=[shuffle]"), "randomly_prune"),
+    (("pruner=unit", "sparsity=0.8"), "at most 0.7333"),  # 11 of 12 hidden units, the output layer whole
+    (("pruner=magnitude", "pruner.sparsity=0.5"), "disagrees with sparsity=0.3"),
     (("pruner=agp", "pruner.start=0.9", "pruner.end=0.1"), "pruner.start"),
     (("pruner=agp", "pruner.initial_sparsity=0.5", "sparsity=0.2"), "pruner.initial_sparsity"),
     (("pruner=gradual", "pruner.events=[0.5,1.5]"), "pruner.events"),

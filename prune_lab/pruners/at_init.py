@@ -61,6 +61,10 @@ class AtInit(Pruner):
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise UserError(f"pruner.rounds={self.rounds!r} must be a positive number of scoring rounds")
 
+    @property
+    def target(self) -> float:
+        return self.sparsity
+
     def prune(self, job: Job) -> Mask:
         """The mask at the target, computed from the current (initial) weights; the model is not changed."""
         mask = job.mask

@@ -29,12 +29,32 @@ def check_sparsity(value: object, key: str = "sparsity") -> float:
     return float(value)
 
 
+Shapes = Mapping[str, tuple[int, ...]]  # prunable parameter name -> its weight's shape
+
+
 class Pruner(ABC):
     """A pruning method: trains, prunes and evaluates a `Job` on its own schedule."""
+
+    @property
+    @abstractmethod
+    def target(self) -> float:
+        """The sparsity the method ends at: the one number results.json records as the run's target."""
+
+    def check(self, shapes: Shapes) -> None:
+        """Refuse (UserError) before any training a target this method cannot reach on these weights.
+        Unstructured selection reaches any target below 1, so the default accepts every target."""
+        return None
 
     @abstractmethod
     def run(self, job: Job) -> None:
         """Drive the job to the end, recording every sparsity level with `job.evaluate`."""
+
+
+def check_reachable(target: float, reachable: float, method: str, hint: str = "") -> None:
+    """One line when `target` is above the highest sparsity `method` can reach on this model."""
+    if target > reachable + 1e-12:
+        raise UserError(f"sparsity={target:g} cannot be reached by {method} on this model: at most "
+                        f"{math.floor(reachable * 1e4) / 1e4:g}; lower sparsity{hint}")
 
 
 class Criterion(ABC):
@@ -45,3 +65,7 @@ class Criterion(ABC):
         self, weights: Mapping[str, Tensor], mask: Mask, sparsity: float, generator: torch.Generator | None = None
     ) -> Mask:
         """A mask with (at least) `sparsity` of the weights pruned overall, that keeps pruned weights pruned."""
+
+    def max_sparsity(self, shapes: Shapes) -> float:
+        """The highest sparsity this criterion reaches on weights of these shapes (unstructured: any < 1)."""
+        return 1.0

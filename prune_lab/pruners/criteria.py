@@ -25,29 +25,41 @@ def _check_scope(scope: str) -> None:
         raise UserError(f"pruner scope={scope!r} is not one of {SCOPES}; e.g. pruner.criterion.scope=global")
 
 
+def _prune_more(scores: Tensor, keep: Tensor, count: int) -> Tensor:
+    """`keep` ([n], bool) minus the `count` lowest `scores` ([n]) among the live (kept) weights only.
+
+    Dead weights never compete: a score of any sign (GraSP's w * Hg is often below -1) cannot rank a
+    live weight under a pruned one, so exactly `count` more weights go."""
+    out = keep.clone()
+    if count <= 0:
+        return out
+    live = keep.nonzero().squeeze(1)  # [live]
+    lowest = torch.topk(scores[live].float(), count, largest=False).indices
+    out[live[lowest]] = False
+    return out
+
+
 def prune_lowest(scores: Mapping[str, Tensor], mask: Mask, sparsity: float, scope: str) -> Mask:
-    """Remove the lowest scores until `sparsity` of all weights (per layer, or over all) is pruned."""
+    """Remove the lowest-scoring live weights until `sparsity` of all weights (per layer, or over all) is pruned.
+
+    Weights the mask already prunes stay pruned and count towards the target: a layer of n weights ends
+    with exactly round(sparsity * n) pruned (layerwise), or all layers together with round(sparsity * N)
+    (global), unless more were pruned already."""
     _check_scope(scope)
-    # Already-pruned weights rank lowest, so they stay pruned and count towards the target.
-    low = torch.tensor(-1.0)
-    ranked = {n: torch.where(mask.tensors[n], s.float(), low.to(s.device)) for n, s in scores.items()}
     if scope == "layerwise":
         out = {}
-        for n, s in ranked.items():
-            keep = torch.ones_like(s, dtype=torch.bool)
-            k = round(sparsity * s.numel())
-            if k:
-                keep.view(-1)[torch.topk(s.reshape(-1), k, largest=False).indices] = False
-            out[n] = keep & mask.tensors[n]
+        for n, s in scores.items():
+            keep = mask.tensors[n].reshape(-1)
+            wanted = round(sparsity * s.numel()) - int((~keep).sum())
+            out[n] = _prune_more(s.reshape(-1), keep, wanted).view_as(s)
         return Mask(out)
-    flat = torch.cat([s.reshape(-1) for s in ranked.values()])
-    keep_flat = torch.ones_like(flat, dtype=torch.bool)
-    k = round(sparsity * flat.numel())
-    if k:
-        keep_flat[torch.topk(flat, k, largest=False).indices] = False
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    keep_flat = torch.cat([mask.tensors[n].reshape(-1) for n in scores])
+    wanted = round(sparsity * flat.numel()) - int((~keep_flat).sum())
+    keep_flat = _prune_more(flat, keep_flat, wanted)
     out, offset = {}, 0
-    for n, s in ranked.items():
-        out[n] = keep_flat[offset : offset + s.numel()].view_as(s) & mask.tensors[n]
+    for n, s in scores.items():
+        out[n] = keep_flat[offset : offset + s.numel()].view_as(s)
         offset += s.numel()
     return Mask(out)
 

@@ -18,8 +18,7 @@ from torch import nn
 from prune_lab.distillation import Distillation
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
-from prune_lab.pruners.base import Criterion, Pruner, check_sparsity
-from prune_lab.pruners.iterative import check_rate
+from prune_lab.pruners.base import Criterion, Pruner, Shapes, check_reachable, check_sparsity
 from prune_lab.pruners.teacher import teacher_before_pruning
 
 if TYPE_CHECKING:
@@ -54,6 +53,13 @@ class PruneWhileTraining(Pruner):
         targets = ((s, self.target_at(s, total)) for s in range(total + 1))
         return [(s, t) for s, t in targets if t is not None]
 
+    @property
+    def target(self) -> float:
+        return self.final_sparsity
+
+    def check(self, shapes: Shapes) -> None:
+        check_reachable(self.final_sparsity, self.criterion.max_sparsity(shapes), f"pruner {type(self).__name__}")
+
     def run(self, job: Job) -> None:
         teacher = teacher_before_pruning(job, self.distill, self.epochs)
         total = self.epochs * math.ceil(len(job.data.train) / job.settings.batch_size)
@@ -83,18 +89,26 @@ class PruneWhileTraining(Pruner):
 
 @dataclass
 class Gradual(PruneWhileTraining):
-    """The dynamic-pruning study's schedule: prune `rate` of the remaining weights at each of `events`."""
+    """The dynamic-pruning study's schedule: at each of `events` prune the same share of the remaining
+    weights, the share that ends exactly at `sparsity`: rate = 1 - (1 - sparsity)^(1 / events)."""
 
+    sparsity: float = 0.3
     events: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
-    rate: float = 0.17
 
     def __post_init__(self) -> None:
+        self.sparsity = check_sparsity(self.sparsity)
+        if not self.events:
+            raise UserError("pruner.events=[] never prunes; give fractions of training, e.g. [0.3333,0.6667]")
         self.events = sorted(check_fraction(e, "pruner.events[]") for e in self.events)
-        self.rate = check_rate(self.rate, "pruner.rate")
+
+    @property
+    def rate(self) -> float:
+        """The share of the remaining weights pruned at each event."""
+        return 1.0 - (1.0 - self.sparsity) ** (1.0 / len(self.events))
 
     @property
     def final_sparsity(self) -> float:
-        return 1.0 - (1.0 - self.rate) ** len(self.events)
+        return self.sparsity
 
     def event_steps(self, total: int) -> list[int]:
         return [max(1, round(e * total)) if total else 0 for e in self.events]
@@ -104,7 +118,7 @@ class Gradual(PruneWhileTraining):
         if step not in steps:
             return None
         done = sum(s <= step for s in steps)  # events at or before this step (several may share one)
-        return 1.0 - (1.0 - self.rate) ** done
+        return self.sparsity if done == len(steps) else 1.0 - (1.0 - self.rate) ** done
 
 
 @dataclass

@@ -4,7 +4,17 @@ Round 0 trains the dense network. Each round r >= 1 prunes `rate` of the weights
 layer with rate p is at sparsity 1 - (1 - p)^r), gives the survivors their fate (rewind them to
 initialisation, or to iteration k: "late rewinding", Frankle et al. 2020), and retrains. The last round
 stops exactly at the target: it is a fractional round t in (R-1, R] with the same per-layer law
-1 - (1 - p)^t, so layers with their own rate keep their proportions. Every round is a level.
+1 - (1 - p)^t, so layers with their own rate keep their proportions. A last round worth less than a
+quarter of a round, or one that would prune fewer weights than there are layers, is merged into the
+round before it (which then goes straight to the target): no retraining is spent on a sliver. Every
+round is a level.
+
+Controls (`controls`), as the papers ran them, at every round and without retraining the ticket (OpenLTH's
+branches of a lottery level): `randomly_reinitialize` trains the ticket's own mask from a fresh random
+init (Frankle & Carbin 2019, Figs. 1 and 3); `randomly_prune` trains a random mask with the ticket's
+per-layer sparsities from the ticket's rewind point. Their levels carry `branch` and the round's target.
+`reinit=redraw_each_round` is a different procedure (each round's mask is found on a redrawn, retrained
+network, so its masks drift from the ticket's); it is kept under that name for the reinit study.
 """
 
 from __future__ import annotations
@@ -16,18 +26,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+from torch import nn
+
 from prune_lab.distillation import Distillation, frozen_copy
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
-from prune_lab.pruners.base import Pruner, check_sparsity
+from prune_lab.pruners.base import Pruner, Shapes, check_sparsity
 from prune_lab.pruners.criteria import Magnitude
-from prune_lab.pruners.survivors import apply_fate, check_fate
+from prune_lab.pruners.survivors import apply_fate
 
 if TYPE_CHECKING:
-    from prune_lab.job import Job
+    from prune_lab.job import Job, State
 
 REWIND = re.compile(r"^(init|(epoch|step):(\d+))$")
 SNAPSHOT = "rewind-point"  # the late-rewinding target, stored so a resumed run finds it
+# Survivors after each round's pruning: rewind (the ticket), keep the trained values, or redraw them.
+REINITS = {"original": "original", "keep": "keep", "redraw_each_round": "random"}  # -> prune_lab.pruners.survivors
+CONTROLS = ("randomly_reinitialize", "randomly_prune")
+MERGE_BELOW = 0.25  # a last round smaller than this share of a round joins the round before
 
 
 def parse_rewind(rewind: str) -> tuple[str, int]:
@@ -42,6 +59,16 @@ def check_rate(rate: object, key: str) -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise UserError(f"{key}={rate!r} must be a fraction in [0, 1) of the remaining weights, e.g. 0.2")
     return float(rate)
+
+
+def shuffled(mask: Mask, generator: torch.Generator) -> Mask:
+    """Each layer's mask randomly permuted: the same number of survivors per layer, at random places."""
+    out = {}
+    for n, keep in mask.tensors.items():
+        flat = keep.reshape(-1)
+        perm = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+        out[n] = flat[perm].view_as(keep)
+    return Mask(out)
 
 
 def layer_sparsity(rate: float, t: float) -> float:
@@ -77,6 +104,7 @@ class IterativeMagnitude(Pruner):
     scope: str = "layerwise"
     rewind: str = "init"
     reinit: str = "original"
+    controls: list[str] = field(default_factory=list)  # of CONTROLS, run beside every round
     distill: Distillation = field(default_factory=Distillation)
 
     def __post_init__(self) -> None:
@@ -89,13 +117,32 @@ class IterativeMagnitude(Pruner):
         Magnitude(self.scope)  # validates the scope
         if self.scope == "global" and self.layer_rates:
             raise UserError("pruner.layer_rates needs pruner.scope=layerwise (global has no layer rates)")
-        check_fate(self.reinit)
+        if self.reinit == "random":
+            raise UserError("pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains "
+                            "the ticket's mask from a fresh init (pruner.controls=[randomly_reinitialize]); "
+                            "for a fresh draw before each round's retraining say pruner.reinit=redraw_each_round")
+        if self.reinit not in REINITS:
+            raise UserError(f"pruner.reinit={self.reinit!r} is not one of {tuple(REINITS)}")
+        self.controls = list(self.controls or [])
+        for control in self.controls:
+            if control not in CONTROLS:
+                raise UserError(f"pruner.controls has {control!r}; choose from {list(CONTROLS)}")
+        if self.controls and self.reinit != "original":
+            raise UserError(f"pruner.controls are controls of the winning ticket, which needs "
+                            f"pruner.reinit=original (got {self.reinit})")
         self.rewind_at = parse_rewind(self.rewind)
         if self.rewind_at != ("step", 0) and self.reinit != "original":
             raise UserError(f"pruner.rewind={self.rewind} rewinds survivors, which needs "
                             f"pruner.reinit=original (got {self.reinit}); or set pruner.rewind=init")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise UserError(f"pruner.epochs={self.epochs!r} must be a whole number of epochs per round")
+
+    @property
+    def target(self) -> float:
+        return self.sparsity
+
+    def check(self, shapes: Shapes) -> None:
+        self.plan({n: math.prod(s) for n, s in shapes.items()})  # refuses what it cannot reach
 
     # --- the plan: every number is decided before training, from sizes alone --------------------------
     def rates_for(self, names: list[str]) -> dict[str, float]:
@@ -116,13 +163,18 @@ class IterativeMagnitude(Pruner):
             raise UserError(f"sparsity={self.sparsity} cannot be reached: layers with rate 0 hold "
                             f"{1 - reachable:.1%} of the prunable weights; lower it or raise their rate")
         t_end = final_round(rates, sizes, self.sparsity)
-        rounds = max(1, math.ceil(t_end - 1e-9))
+        ts = [float(r) for r in range(1, math.ceil(t_end - 1e-9))] + [t_end]  # full rounds, then the last
+
+        def pruned(t: float) -> int:  # weights pruned after t rounds, as each layer rounds its count
+            return sum(round(layer_sparsity(rates[n], t) * sizes[n]) for n in sizes)
+
+        if len(ts) > 1 and (ts[-1] - ts[-2] < MERGE_BELOW or pruned(ts[-1]) - pruned(ts[-2]) < len(sizes)):
+            del ts[-2]  # the sliver joins the round before, which goes straight to the target
         total = sum(sizes.values())
         out = []
-        for r in range(1, rounds + 1):
-            t = min(float(r), t_end)
+        for t in ts:
             per_layer = {n: layer_sparsity(rates[n], t) for n in sizes}
-            overall = self.sparsity if r == rounds else sum(sizes[n] * per_layer[n] for n in sizes) / total
+            overall = self.sparsity if t == t_end else sum(sizes[n] * per_layer[n] for n in sizes) / total
             out.append((overall, per_layer))
         return out
 
@@ -151,10 +203,23 @@ class IterativeMagnitude(Pruner):
             if self.reinit == "original":
                 job.rewind(rewind_point)
             else:
-                apply_fate(job, self.reinit, "round", r)
+                apply_fate(job, REINITS[self.reinit], "round", r)
             job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher))
             targets = {"layer_targets": per_layer} if self.scope == "layerwise" else {}
             job.evaluate(f"round-{r}", overall, round=r, before_retrain=before, rewind=self.rewind, **targets)
+            self.run_controls(job, r, overall, rewind_point, teacher)
+
+    def run_controls(self, job: Job, r: int, overall: float, rewind_point: State, teacher: nn.Module | None) -> None:
+        """Each control of round r beside the ticket just evaluated; the job ends as the ticket."""
+        for control in self.controls:
+            with job.branch():  # the ticket, its mask and its budget come back for the next round
+                if control == "randomly_reinitialize":  # the ticket's mask, a fresh random init
+                    job.reinitialize("control", r)
+                else:  # randomly_prune: the ticket's per-layer sparsities at random places, the rewind point
+                    job.set_mask(shuffled(job.mask, job.generator("randomly_prune", r)))
+                    job.rewind(rewind_point)
+                job.train(f"{control}-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher))
+                job.evaluate(f"{control}-{r}", overall, round=r, branch=control, rewind=self.rewind)
 
     def rewind_step(self, job: Job) -> int:
         unit, k = self.rewind_at

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prune_lab.distillation import Distillation, frozen_copy
-from prune_lab.pruners.base import Criterion, Pruner, check_sparsity
+from prune_lab.pruners.base import Criterion, Pruner, Shapes, check_reachable, check_sparsity
 from prune_lab.pruners.survivors import apply_fate, check_fate
 
 if TYPE_CHECKING:
@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 @dataclass
 class Dense(Pruner):
     """`pruner=none`: train the dense network; its one level is the baseline at sparsity 0."""
+
+    @property
+    def target(self) -> float:
+        return 0.0
 
     def run(self, job: Job) -> None:
         job.train("dense", job.settings.epochs)
@@ -36,6 +40,13 @@ class OneShot(Pruner):
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
         check_fate(self.reinit)
+
+    @property
+    def target(self) -> float:
+        return self.sparsity
+
+    def check(self, shapes: Shapes) -> None:
+        check_reachable(self.sparsity, self.criterion.max_sparsity(shapes), f"pruner {type(self.criterion).__name__}")
 
     def run(self, job: Job) -> None:
         job.train("dense", job.settings.epochs)

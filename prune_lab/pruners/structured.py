@@ -1,14 +1,17 @@
 """Structured (unit) pruning: whole output units go, the rows of a Linear weight or the filters of a Conv.
 
 Units are ranked by the L2 norm of their (masked) weights, as torch.nn.utils.prune.ln_structured(n=2,
-dim=0) ranks them; on the same tensors the layerwise masks equal torch's. `sparsity` still counts
-weights: layerwise, round(sparsity * units) units of every layer go (all units of a layer have the same
-size); globally, units leave in order of norm until the pruned weights come closest to
-round(sparsity * all weights).
+dim=0) ranks them; on the same tensors (no protected layer) the layerwise masks equal torch's.
+`sparsity` still counts all prunable weights, the protected output layer's included: layerwise, every
+candidate layer loses the same share f of its units, f = sparsity * all weights / candidate weights, so the
+total reaches the target within one unit per layer; globally, units leave in order of norm until the
+pruned weights come closest to round(sparsity * all weights). A target that would leave a layer without a
+unit is refused before training (`max_sparsity`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,16 +41,29 @@ class Unit(Criterion):
     def __post_init__(self) -> None:
         _check_scope(self.scope)
 
+    def candidates(self, names: list[str]) -> list[str]:
+        """The layers whose units may go (in module order, the last one is the output layer)."""
+        return names[:-1] if self.skip_output and len(names) > 1 else names
+
+    def max_sparsity(self, shapes: Mapping[str, tuple[int, ...]]) -> float:
+        """The highest sparsity that leaves every layer at least one unit (and the output layer whole)."""
+        total = sum(math.prod(s) for s in shapes.values())
+        removable = sum(math.prod(shapes[n]) // shapes[n][0] * (shapes[n][0] - 1)
+                        for n in self.candidates(list(shapes)))
+        return removable / total
+
     def compute_mask(self, weights: Mapping[str, Tensor], mask: Mask, sparsity: float,
                      generator: torch.Generator | None = None) -> Mask:
-        names = list(weights)  # in module order: the last one is the output layer
-        candidates = names[:-1] if self.skip_output and len(names) > 1 else names
+        candidates = self.candidates(list(weights))
         norms = {n: unit_norms(weights[n], mask.tensors[n]) for n in candidates}
         drop = {n: torch.zeros_like(s, dtype=torch.bool) for n, s in norms.items()}  # units to remove: [out]
         if self.scope == "layerwise":
+            # The share of each candidate layer's units that must go for `sparsity` of ALL weights.
+            total = sum(w.numel() for w in weights.values())
+            share = sparsity * total / sum(weights[n].numel() for n in candidates)
             for n, s in norms.items():
-                k = round(sparsity * s.numel())
-                if k:
+                k = min(round(share * s.numel()), s.numel() - 1)  # never the last unit (max_sparsity refuses)
+                if k > 0:
                     drop[n][torch.topk(s, k, largest=False).indices] = True
         else:
             self._drop_globally(weights, mask, sparsity, norms, drop)
@@ -67,7 +83,10 @@ class Unit(Criterion):
         flat = torch.cat(list(norms.values()))  # every candidate unit: [units]
         # What removing each unit adds to the pruned count: its still-kept weights.
         gain = torch.cat([mask.tensors[n].reshape(mask.tensors[n].shape[0], -1).sum(1) for n in norms])
+        # Each layer's strongest unit never goes: a layer without units cuts the network (max_sparsity refuses).
+        last = torch.cat([torch.nn.functional.one_hot(s.argmax(), s.numel()).bool() for s in norms.values()])
         order = torch.argsort(flat, stable=True)
+        order = order[~last[order]]
         pruned = torch.cat([torch.zeros(1, dtype=gain.dtype, device=gain.device), gain[order].cumsum(0)])
         k = int(torch.argmin((pruned - wanted).abs()))  # units to remove: the count closest to the target
         chosen = torch.zeros_like(flat, dtype=torch.bool)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 def rankable(scores: dict[str, Tensor]) -> dict[str, Tensor]:
     """Scores replaced by their rank over all layers (0 = lowest): the same order within and across layers,
-    as `prune_lowest` needs it, which ranks pruned weights at -1 (below any rank) and compares in float32,
-    where SynFlow's float64 scores, spanning tens of orders of magnitude, would collapse into ties."""
+    kept through `prune_lowest`'s float32 comparison, where SynFlow's float64 scores, spanning tens of
+    orders of magnitude, would collapse into ties."""
     flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
     ranks = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
     ranks[torch.argsort(flat, stable=True)] = torch.arange(len(flat), dtype=torch.float32, device=flat.device)

@@ -142,7 +142,7 @@ def summary(record: dict[str, Any], path: Path) -> str:
     for level in record["levels"]:
         lines.append(f"  {level['name']:<10} sparsity {level['sparsity']:.3f} (target {level['target_sparsity']:.3f})"
                      f"  test acc {level['test_acc']:.4f}  test loss {level['test_loss']:.4f}"
-                     f"  ({level['epochs_trained']} epoch{'' if level['epochs_trained'] == 1 else 's'})")
+                     f"  ({level['epochs_trained']:g} epoch{'' if level['epochs_trained'] == 1 else 's'})")
     lines.append(f"  results: {path}  ({record['wall_time_s']:.1f} s)")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -72,13 +73,15 @@ class Job:
 
     # --- what pruners do ---------------------------------------------------------------------------
     def train(self, phase: str, epochs: int, *, on_step: StepHook | None = None,
-              loss_fn: LossFn = cross_entropy) -> None:
-        """Train the masked model for `epochs` epochs as phase `phase` (unique within a run)."""
+              loss_fn: LossFn = cross_entropy, start_step: int = 0) -> None:
+        """Train the masked model for `epochs` epochs as phase `phase` (unique within a run); from optimizer
+        step `start_step` of that budget on (late rewinding: the schedule and data order of steps k..end)."""
         if phase in self._phases:
             raise ValueError(f"phase {phase!r} trained twice in one run; give each phase its own name")
-        shareable = self._shareable(on_step, loss_fn)  # decided before this phase counts as trained
+        shareable = self._shareable(on_step, loss_fn) and start_step == 0  # decided before this phase counts
         self._phases.add(phase)
-        self.epochs_trained += epochs
+        steps_per_epoch = math.ceil(len(self.data.train) / self.settings.batch_size)
+        self.epochs_trained += epochs - start_step / steps_per_epoch if start_step else epochs  # late rewinding: less
         done = self.store.load(phase, "done")
         if done is not None:  # finished in an earlier attempt: replay its outcome, train nothing
             self.model.load_state_dict(done["model"])
@@ -97,19 +100,20 @@ class Job:
                 self.history += history
                 self.log({"phase": phase, "event": "dense_cache_hit", "key": outcome.key})
         else:
-            history = self._train_phase(phase, epochs, on_step, loss_fn)["history"]
+            history = self._train_phase(phase, epochs, on_step, loss_fn, start_step)["history"]
         self.store.save(phase, "done", {"model": self.model.state_dict(), "mask": self.mask.state_dict(),
                                         "history": history})
         self.store.drop(phase, "partial")
 
-    def _train_phase(self, phase: str, epochs: int, on_step: StepHook | None, loss_fn: LossFn) -> dict[str, Any]:
+    def _train_phase(self, phase: str, epochs: int, on_step: StepHook | None, loss_fn: LossFn,
+                     start_step: int = 0) -> dict[str, Any]:
         partial = self.store.load(phase, "partial")
         if partial is not None:  # cut short in an earlier attempt (kill, preemption, requeue)
             self.resumed.append({"phase": phase, "from_epoch": partial["epoch"]})
             print(f"prune_lab: phase {phase} resumes from its checkpoint at epoch {partial['epoch']}/{epochs}")
         result = train(
             self.model, self.mask, self.data, self.settings, epochs, seed=self.seed, phase=phase, on_step=on_step,
-            loss_fn=loss_fn, resume=partial,
+            loss_fn=loss_fn, resume=partial, start_step=start_step,
             save=lambda state: self.store.save(phase, "partial", state), log=self.log,
         )
         self.mask = result.mask

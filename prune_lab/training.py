@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from prune_lab.data.splits import Splits
 from prune_lab.errors import UserError
 from prune_lab.evaluation import evaluate
+from prune_lab.lr_schedules import Constant, LRSchedule, lr_factor, parse_duration, to_steps
 from prune_lab.masks import Mask
 from prune_lab.seeding import derive_seed, generator
 from prune_lab.validate import check_fields, check_range
@@ -39,8 +41,11 @@ def cross_entropy(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
 class TrainSettings:
     """The `train` config group: optimiser and budget, shared by every phase of a run."""
 
-    optimizer: OptimizerFactory  # called as optimizer(params, lr=lr): a partial of torch.optim.Adam / SGD
+    optimizer: OptimizerFactory  # called as optimizer(params, lr=lr, weight_decay=wd): a partial of torch.optim.*
     lr: float = 1e-2
+    schedule: LRSchedule = field(default_factory=Constant)  # train/schedule: lr multiplier per step (lr_schedules)
+    warmup: str | None = None  # epoch:K | step:K of linear warmup at the start of every phase; null: none
+    weight_decay: float = 0.0  # the optimizer's own: L2 for Adam and SGD, decoupled for AdamW
     epochs: int = 100
     batch_size: int = 64
     finetune_epochs: int = 50
@@ -59,6 +64,8 @@ class TrainSettings:
         for key in ("batch_size", "eval_every", "eval_batch_size"):
             check_range(getattr(self, key), f"train.{key}", low=1, example=f"train.{key}=64")
         check_range(self.checkpoint_every_s, "train.checkpoint_every_s", low=0, example="0 (every epoch)")
+        check_range(self.weight_decay, "train.weight_decay", low=0, example="train.weight_decay=1e-4")
+        parse_duration(self.warmup, "train.warmup")
 
 
 @dataclass
@@ -81,16 +88,35 @@ def train(
     resume: dict[str, Any] | None = None,
     save: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[dict[str, Any]], None] = lambda record: None,
+    start_step: int = 0,
 ) -> TrainResult:
-    """Train for `epochs` epochs (resuming from `resume` if given), checkpointing through `save`."""
+    """Train for `epochs` epochs (resuming from `resume` if given), checkpointing through `save`.
+
+    `start_step` k > 0 trains steps k..end of the phase (late rewinding, as OpenLTH's lottery runner): the
+    data order is the uninterrupted phase's from step k on, the learning rate the schedule's value at k, and
+    the optimizer starts fresh (no Adam moments or momentum carried over from the rewound run)."""
     params = dict(model.named_parameters())
-    optimizer = settings.optimizer(model.parameters(), lr=settings.lr)
-    start_epoch, history = 0, []
+    decay = {"weight_decay": settings.weight_decay} if settings.weight_decay else {}  # not every optimizer has it
+    optimizer = settings.optimizer(model.parameters(), lr=settings.lr, **decay)
+    n, bs = len(data.train), settings.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = epochs * steps_per_epoch
+    warmup = to_steps(parse_duration(settings.warmup, "train.warmup"), steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(settings.schedule, warmup, s, total_steps, steps_per_epoch))
+    step, history = start_step, []
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
         mask = Mask.from_state_dict(resume["mask"], device=next(iter(params.values())).device)
-        start_epoch, history = resume["epoch"], list(resume["history"])
+        step, history = resume["epoch"] * steps_per_epoch, list(resume["history"])
+    else:
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose, to reach k
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start_step):
+                scheduler.step()
+    start_epoch = step // steps_per_epoch
 
     def enforce(m: Mask) -> tuple[list[Tensor], list[Tensor]]:
         m.apply_(model)
@@ -98,10 +124,6 @@ def train(
         return [params[n].data for n in names], [m.tensors[n].to(params[n].dtype) for n in names]
 
     weights, keeps = enforce(mask)
-    n, bs = len(data.train), settings.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = epochs * steps_per_epoch
-    step = start_epoch * steps_per_epoch
     device = data.train.y.device
     forward = torch.compile(model) if settings.compile else model  # shares model's parameters
     last_save = time.monotonic()
@@ -114,7 +136,9 @@ def train(
         aug_g = generator(seed, phase, "augment", epoch, device=device) if data.augment is not None else None
         perm = torch.randperm(n, generator=g).to(device)
         loss_sum = torch.zeros((), device=device)
-        for start in range(0, n, bs):
+        skip = step - epoch * steps_per_epoch  # > 0 only in the first epoch of a late-rewound phase
+        seen = 0
+        for start in range(skip * bs, n, bs):
             idx = perm[start : start + bs]
             x, y = data.train.x[idx], data.train.y[idx]
             if data.augment is not None:
@@ -124,15 +148,18 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             torch._foreach_mul_(weights, keeps)  # pruned weights back to exactly zero
             loss_sum += loss.detach() * len(idx)  # stays on device: no host sync per step
+            seen += len(idx)
             step += 1
             if on_step is not None:
                 new_mask = on_step(step, total_steps, model)
                 if new_mask is not None:
                     mask = new_mask
                     weights, keeps = enforce(mask)
-        record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / n}
+        record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1, "step": step,
+                                  "train_loss": loss_sum.item() / seen, "lr": scheduler.get_last_lr()[0]}
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
             val = evaluate(model, data.val, settings.eval_batch_size)
             record.update(val_acc=val.acc, val_loss=val.loss)
@@ -140,7 +167,8 @@ def train(
         log(record)
         due = time.monotonic() - last_save >= settings.checkpoint_every_s
         if save is not None and epoch + 1 < epochs and due:
-            save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "mask": mask.state_dict(),
-                  "epoch": epoch + 1, "history": history})
+            save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "mask": mask.state_dict(), "epoch": epoch + 1,
+                  "history": history})
             last_save = time.monotonic()
     return TrainResult(mask, history)

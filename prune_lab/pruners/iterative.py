@@ -204,12 +204,15 @@ class IterativeMagnitude(Pruner):
                 job.rewind(rewind_point)
             else:
                 apply_fate(job, REINITS[self.reinit], "round", r)
-            job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher))
+            # Late rewinding retrains steps k..end of the same schedule (OpenLTH), not a fresh phase from step 0.
+            start = rewind_step if self.reinit == "original" else 0
+            job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start)
             targets = {"layer_targets": per_layer} if self.scope == "layerwise" else {}
             job.evaluate(f"round-{r}", overall, round=r, before_retrain=before, rewind=self.rewind, **targets)
-            self.run_controls(job, r, overall, rewind_point, teacher)
+            self.run_controls(job, r, overall, rewind_point, rewind_step, teacher)
 
-    def run_controls(self, job: Job, r: int, overall: float, rewind_point: State, teacher: nn.Module | None) -> None:
+    def run_controls(self, job: Job, r: int, overall: float, rewind_point: State, rewind_step: int,
+                     teacher: nn.Module | None) -> None:
         """Each control of round r beside the ticket just evaluated; the job ends as the ticket."""
         for control in self.controls:
             with job.branch():  # the ticket, its mask and its budget come back for the next round
@@ -218,7 +221,8 @@ class IterativeMagnitude(Pruner):
                 else:  # randomly_prune: the ticket's per-layer sparsities at random places, the rewind point
                     job.set_mask(shuffled(job.mask, job.generator("randomly_prune", r)))
                     job.rewind(rewind_point)
-                job.train(f"{control}-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher))
+                start = rewind_step if control == "randomly_prune" else 0  # from the ticket's rewind point
+                job.train(f"{control}-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start)
                 job.evaluate(f"{control}-{r}", overall, round=r, branch=control, rewind=self.rewind)
 
     def rewind_step(self, job: Job) -> int:

@@ -34,14 +34,14 @@ def test_choosing_a_model_applies_its_recipe(model: str):
 def test_the_lottery_ticket_recipe_for_lenet():
     spec = compose_run(composed("dataset=mnist", "model=lenet_300_100", "pruner=none"), {})
     t = spec.train
-    assert (type(t.optimizer.func).__name__, t.lr, t.batch_size) == ("Adam", 0.0012, 60)
+    assert (t.optimizer.func.__name__, t.lr, t.batch_size) == ("Adam", 0.0012, 60)
     assert 50_000 <= t.epochs * -(-55_000 // 60) <= 51_000  # the paper's 50K iterations
 
 
 def test_resnet20_gets_sgd_with_its_drops_and_user_values_still_win():
     spec = compose_run(composed("model=resnet20", "dataset=cifar10"), {})
     t = spec.train
-    assert type(t.optimizer.func).__name__ == "SGD" and t.optimizer.keywords["momentum"] == 0.9
+    assert t.optimizer.func.__name__ == "SGD" and t.optimizer.keywords["momentum"] == 0.9
     assert (t.lr, t.weight_decay, t.batch_size, t.epochs) == (0.1, 1e-4, 128, 160)
     assert t.schedule.milestones == [80, 120] and t.schedule.gamma == 0.1
     mine = compose_run(composed("model=resnet20", "dataset=cifar10", "train.lr=0.05", "train.epochs=2"), {})
@@ -50,4 +50,4 @@ def test_resnet20_gets_sgd_with_its_drops_and_user_values_still_win():
 
 def test_penguins_keep_their_own_defaults():
     t = compose_run(composed(), {}).train
-    assert (type(t.optimizer.func).__name__, t.lr, t.batch_size, t.epochs) == ("Adam", 0.01, 64, 100)
+    assert (t.optimizer.func.__name__, t.lr, t.batch_size, t.epochs) == ("Adam", 0.01, 64, 100)

@@ -14,9 +14,13 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from prune_lab.masks import Mask
 
 INIT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -70,3 +74,13 @@ class PyTorchDefault:
 
 
 Initializer = Callable[[nn.Module, torch.Generator], None]
+
+
+@runtime_checkable
+class MaskAwareInit(Protocol):
+    """An init scheme that also adapts freshly reset weights to a mask (init=sparsity_aware): `Job.rewind` and
+    `Job.reinitialize` call `fit_to_mask(model, mask)` on the dense reset values, before the mask is applied."""
+
+    def __call__(self, model: nn.Module, generator: torch.Generator) -> None: ...
+
+    def fit_to_mask(self, model: nn.Module, mask: Mask) -> None: ...

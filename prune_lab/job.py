@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from prune_lab.data.splits import Splits
 from prune_lab.evaluation import Level, evaluate, measure_level
-from prune_lab.init import Initializer
+from prune_lab.init import Initializer, MaskAwareInit
 from prune_lab.masks import Mask
 from prune_lab.payoff import measure_payoff
 from prune_lab.seeding import generator
@@ -152,11 +152,10 @@ class Job:
         self.mask.apply_(self.model)
 
     def _fit_init_to_mask(self) -> None:
-        """The weights were just reset (still dense): a mask-aware init (`fit_to_mask(model, mask)`, e.g.
-        init=sparsity_aware) adapts the survivors to the mask. Plain schemes have no such method."""
-        fit = getattr(self.init, "fit_to_mask", None)
-        if fit is not None:
-            fit(self.model, self.mask)
+        """The weights were just reset (still dense): a mask-aware init (prune_lab.init.MaskAwareInit, e.g.
+        init=sparsity_aware) adapts the survivors to the mask. Plain schemes are not mask-aware."""
+        if isinstance(self.init, MaskAwareInit):
+            self.init.fit_to_mask(self.model, self.mask)
 
     @contextlib.contextmanager
     def branch(self) -> Iterator[None]:

@@ -140,7 +140,7 @@ def _mark_dense(g: sns.FacetGrid, data: pd.DataFrame, x: str, y: str, groups: li
     """A star and a dotted line at each group's dense mean, in the group's colour, on every panel.
 
     Stars of equal accuracy would hide each other, so they are concentric: the first group's is the
-    largest and drawn lowest. Each star has gid "dense" (tests and users can find them).
+    largest and drawn lowest. Stars have gid "dense", the dotted lines "dense level" (tests and users find them).
     """
     for ax_key, sub in g.facet_data():
         ax = g.facet_axis(*ax_key[:2])
@@ -152,7 +152,7 @@ def _mark_dense(g: sns.FacetGrid, data: pd.DataFrame, x: str, y: str, groups: li
         for size, (key, row) in zip(sizes, means.iterrows()):
             name = str(key[0] if isinstance(key, tuple) else key)
             color = colors.get(name, "black") if colors and groups else "black"
-            ax.axhline(row[y], color=color, ls=":", lw=1.1, alpha=0.8, zorder=1)
+            ax.axhline(row[y], color=color, ls=":", lw=1.1, alpha=0.8, zorder=1, gid="dense level")
             ax.plot([row[x]], [row[y]], "*", color=color, ms=size, mec="black", mew=0.6, zorder=10 + 20 - size,
                     gid="dense", linestyle="none")
 

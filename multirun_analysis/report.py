@@ -268,9 +268,11 @@ def _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors) -
         if "round" in runs and runs["round"].notna().any():
             ticket = runs[runs["round"].notna()].merge(early_stopping(curves), on=["run_dir", "level_name"], how="left")
             if ticket["early_stop_epoch"].notna().any():
-                save(plot_ticket(ticket, **common), fig_dir / "ticket")
+                save(plot_ticket(ticket.dropna(subset=["early_stop_epoch"]), **common), fig_dir / "ticket")
                 made["ticket"] = "IMP: test accuracy and early-stopping epoch per level"
-        save(plot_training(curves, **common), fig_dir / "training")
+        # a level's branch is not a column of the per-epoch curves: colour them by what varies among them
+        roles = {k: v if v is None or v in curves else "auto" for k, v in (("hue", hue), ("style", style))}
+        save(plot_training(curves, colors=colors if roles["hue"] == hue else None, **roles), fig_dir / "training")
         made["training"] = "validation accuracy per epoch of each phase"
     if not sweep.layers.empty and (sweep.layers[LEVEL] > 0).any():
         save(plot_layers(sweep.layers, hue=hue, colors=colors, names=layer_labels(sweep.layers)), fig_dir / "layers")

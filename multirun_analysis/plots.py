@@ -55,12 +55,8 @@ def default_roles(df: pd.DataFrame) -> dict[str, str | list[str] | None]:
     any further ones the rows. With one varying column it is both hue and style (colour and a second cue
     for print).
     """
-    keys = varying(df)
-    facets = [k for k in keys if k in FACETS]
-    rest = [k for k in keys if k not in FACETS]
-    hue = rest[0] if rest else None
-    style = rest[1] if len(rest) > 1 else hue
-    return {"hue": hue, "style": style, "col": facets or None, "row": rest[2:] or None}
+    hue, style, cols, rows = resolve_roles(df, "auto", "auto", "auto", "auto")
+    return {"hue": hue, "style": style, "col": cols or None, "row": rows or None}
 
 
 def palette(df: pd.DataFrame, hue: str | None) -> dict[str, tuple] | None:
@@ -75,19 +71,24 @@ def _cols(spec: Facet) -> list[str]:
     return [] if spec is None else [spec] if isinstance(spec, str) else list(spec)
 
 
-def _roles(df: pd.DataFrame, hue, style, col, row) -> tuple[str | None, str | None, list[str], list[str]]:
-    """Explicit roles where given, defaults elsewhere; varying columns left without a role join the rows."""
-    auto = default_roles(df)
-    hue = auto["hue"] if hue == "auto" else hue
-    style = (auto["style"] if auto["style"] != auto["hue"] else hue) if style == "auto" else style
-    cols = _cols(auto["col"] if col == "auto" else col)
-    rows = _cols(auto["row"] if row == "auto" else row)
+def resolve_roles(df: pd.DataFrame, hue, style, col, row) -> tuple[str | None, str | None, list[str], list[str]]:
+    """Roles given explicitly are kept; "auto" ones take the varying columns not given a role (dataset and
+    model as panel columns, then hue, style, rows). Varying columns still without a role join the rows:
+    different conditions are never drawn as one line."""
+    keys = varying(df)
+    given = [v for v in (hue, style) if v not in (None, "auto")]
+    given += [c for spec in (col, row) if spec != "auto" for c in _cols(spec)]
+    free = [k for k in keys if k not in given]
+    cols = [k for k in free if k in FACETS] if col == "auto" else _cols(col)
+    free = [k for k in free if k not in cols]
+    hue = (free.pop(0) if free else None) if hue == "auto" else hue
+    style = (free.pop(0) if free else hue) if style == "auto" else style
+    rows = list(free) if row == "auto" else _cols(row)
     for name in [hue, style, *cols, *rows]:
         if name is not None and name not in df.columns:
-            raise KeyError(f"{name!r} is not a column of the table; varying columns: {varying(df)}")
+            raise KeyError(f"{name!r} is not a column of the table; varying columns: {keys}")
     used = {hue, style, *cols, *rows}
-    rows += [k for k in varying(df) if k not in used]
-    return hue, style, cols, rows
+    return hue, style, cols, rows + [k for k in keys if k not in used]
 
 
 def _facet(data: pd.DataFrame, cols: list[str]) -> str | None:
@@ -177,7 +178,7 @@ def plot_tradeoff(
     """
     if x not in X_LABELS:
         raise ValueError(f"x={x!r}: use 'remaining' (log % of weights remaining), 'sparsity' (linear %) or 'flops'")
-    hue, style, cols, rows = _roles(df, hue, style, col, row)
+    hue, style, cols, rows = resolve_roles(df, hue, style, col, row)
     keys = list(dict.fromkeys(k for k in [hue, style, *cols, *rows] if k))
     data = per_seed(df, metric, keys)
     data[metric] *= _scale(metric)
@@ -227,7 +228,7 @@ def plot_ticket(
 
     `df` needs an `early_stop_epoch` column (`multirun_analysis.early_stopping`).
     """
-    hue, style, cols, rows = _roles(df, hue, style, None, None)
+    hue, style, cols, rows = resolve_roles(df, hue, style, None, None)
     keys = list(dict.fromkeys(k for k in [hue, style, *rows] if k))
     acc = per_seed(df, "test_acc", keys).rename(columns={"test_acc": "value"}).assign(value=lambda d: d.value * 100)
     stop = per_seed(df, "early_stop_epoch", keys).rename(columns={"early_stop_epoch": "value"})
@@ -260,7 +261,7 @@ def plot_training(
     Panels: "dense" once (every run of a seed shares its dense phase), then each later phase by the run's
     target ("finetune · run target 80%", "round-2 · run target 80%").
     """
-    hue, style, _, rows = _roles(curves, hue, style, None, None)
+    hue, style, _, rows = resolve_roles(curves, hue, style, None, None)
     rows = [r for r in rows if r != "run_target_sparsity"]
     keys = list(dict.fromkeys(k for k in [hue, style, *rows] if k))
     data = curves.dropna(subset=[metric]).copy()
@@ -299,7 +300,7 @@ def plot_layers(
     single threshold spreads the zeros, layer-wise pruning gives flat lines at the target.
     """
     data = layers[layers[LEVEL] > 0].copy()
-    hue, _, cols, rows = _roles(data, hue, None, None, None)
+    hue, _, cols, rows = resolve_roles(data, hue, None, None, None)
     data["layer"] = data["layer"].map(lambda n: (names or {}).get(n, n))
     order = data.groupby("layer")["layer_index"].min().sort_values().index.tolist()
     data["sparsity"] *= 100

@@ -20,12 +20,12 @@ import pandas as pd
 from multirun_analysis.loading import Sweep, early_stopping, layer_labels, read_curves
 from multirun_analysis.plots import (
     Facet,
-    default_roles,
     palette,
     plot_layers,
     plot_ticket,
     plot_tradeoff,
     plot_training,
+    resolve_roles,
     save,
 )
 from multirun_analysis.stats import LEVEL, compare, curve_columns, robustness, summarize, varying
@@ -34,7 +34,7 @@ CAVEAT = (
     "Seeds are the unit of replication: each test pairs two groups' runs of the same seed (paired t-test, "
     "n-1 degrees of freedom, normal differences assumed; with fewer than about 5 seeds p-values are rough "
     "and real differences are easily missed). Significance is decided after Holm's correction over all "
-    "{m} tests in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
+    "{m} test(s) in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
     "Wilcoxon p-values beside them are uncorrected and cannot reach 0.05 with fewer than 6 seeds."
 )
 # Checks of a curve: run columns that must agree between the runs averaged into one curve.
@@ -108,7 +108,8 @@ def _test(comparisons: pd.DataFrame, context, key, level, a, b) -> str:
         return f"not testable with {n} paired seed(s)"
     row = rows.iloc[0]
     verdict = "**significant**" if row["significant"] else "not significant"
-    return f"{verdict} after Holm correction, p = {row['p_holm']:.2g}, n = {row['n_pairs']} seeds"
+    p = "p < 0.001" if row["p_holm"] < 0.001 else f"p = {row['p_holm']:.2g}"
+    return f"{verdict} after Holm correction, {p}, n = {row['n_pairs']} seeds"
 
 
 def trust_flags(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
@@ -202,8 +203,7 @@ def write_report(
     ]
     figures: dict[str, str] = {}
     if not runs.empty:
-        roles = default_roles(runs)
-        hue = roles["hue"] if hue == "auto" else hue
+        hue, style, _, _ = resolve_roles(runs, hue, style, col, "auto")
         by = curve_columns(runs)
         keys = varying(runs)
         context = [c for c in by if c != hue and c in keys]

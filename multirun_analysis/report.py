@@ -34,7 +34,7 @@ CAVEAT = (
     "Seeds are the unit of replication: each test pairs two groups' runs of the same seed (paired t-test, "
     "n-1 degrees of freedom, normal differences assumed; with fewer than about 5 seeds p-values are rough "
     "and real differences are easily missed). Significance is decided after Holm's correction over all "
-    "{m} test(s) in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
+    "{tests} in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
     "Wilcoxon p-values beside them are uncorrected and cannot reach 0.05 with fewer than 6 seeds."
 )
 # Checks of a curve: run columns that must agree between the runs averaged into one curve.
@@ -229,7 +229,8 @@ def write_report(
         if hue:
             lines += answer(summary, comparisons, hue, context, metric) or [f"- Only one `{hue}` per context."]
             m = int(comparisons["p_holm"].notna().sum()) if not comparisons.empty else 0
-            lines += ["", f"*How to read this.* {CAVEAT.format(m=m, alpha=alpha)}", ""]
+            tests = f"{m} test" + "s" * (m != 1)
+            lines += ["", f"*How to read this.* {CAVEAT.format(tests=tests, alpha=alpha)}", ""]
         flags = trust_flags(runs, by)
         budget, notes = budget_table(runs, by)
         lines += ["## Checks", ""]

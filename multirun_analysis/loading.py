@@ -38,6 +38,7 @@ CHOICES = ("dataset", "model", "init", "pruner", "train", "experiment")
 MAIN_BRANCH = "main"
 # Level fields that must be numbers: a run whose results.json holds anything else there is corrupt.
 NUMERIC = ("target_sparsity", "sparsity", "epochs_trained")
+NUMERIC_PREFIXES = ("params_", "prunable_", "flops_", "bytes_")
 NUMERIC_SUFFIXES = ("_acc", "_loss")
 # Targets of one-shot runs and IMP rounds computed as 1-(1-p)^k differ in the last bits across runs:
 # aligning to 4 decimals puts them on one level (0.01% of the weights).
@@ -121,7 +122,7 @@ def _level_fields(level: dict[str, Any]) -> dict[str, Any]:
 def _not_a_number(fields: dict[str, Any]) -> str | None:
     """The first metric field that holds something other than a number (or null), as "name=value"."""
     for key, value in fields.items():
-        numeric = key in NUMERIC or key.endswith(NUMERIC_SUFFIXES)
+        numeric = key in NUMERIC or key.startswith(NUMERIC_PREFIXES) or key.endswith(NUMERIC_SUFFIXES)
         if numeric and value is not None and not _number(value):
             return f"{key}={value!r}"
     return None

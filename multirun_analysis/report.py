@@ -262,7 +262,8 @@ def _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors) -
     common = {"hue": hue, "style": style, "colors": colors}
     save(plot_tradeoff(runs, col=col, metric=metric, x=x, **common), fig_dir / "tradeoff")
     made["tradeoff"] = f"{metric} against the share of weights remaining"
-    if {"flops_dense", "flops_nonzero"} <= set(runs.columns) and runs["flops_nonzero"].notna().all():
+    flops = {"flops_dense", "flops_nonzero"} <= set(runs.columns)
+    if flops and runs["flops_nonzero"].notna().all() and (runs["flops_dense"] > 0).all():
         save(plot_tradeoff(runs, col=col, metric=metric, x="flops", **common), fig_dir / "flops")
         made["flops"] = f"{metric} against the forward FLOPs remaining"
     if not curves.empty and "val_acc" in curves:

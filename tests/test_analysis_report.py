@@ -16,7 +16,15 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from multirun_analysis import load_curves, load_sweep, plot_tradeoff, summarize
+from multirun_analysis import (
+    early_stopping,
+    layer_labels,
+    load_curves,
+    load_sweep,
+    plot_tradeoff,
+    plot_training,
+    summarize,
+)
 from prune_lab import bookkeeping
 
 BUDGET = ["train.epochs=6", "train.finetune_epochs=3"]
@@ -164,3 +172,32 @@ def test_control_arms_budgets_and_versions(sweeps, tmp_path):
     assert "different code version (git commit): " + "0" * 40 in checks
     assert "pruned levels trained up to 9 epochs in total, the dense baseline 6" in checks
     assert "### Training budget" in report
+
+
+def test_layer_labels_name_module_type_and_shape(sweeps, tmp_path):
+    layers = load_sweep(sweeps["pruners"]).layers
+    assert layer_labels(layers) == {"net.1.weight": "net.1 (Linear 12→12)", "net.3.weight": "net.3 (Linear 12→3)"}
+    copy = tmp_path / "no_model"
+    runs = _copy_runs(sweeps["pruners"], copy, lambda name: "magnitude" in name)
+    for run in runs:
+        (run / "model.pt").write_bytes(b"not a checkpoint")  # unreadable: the label falls back to the count
+    assert layer_labels(load_sweep(copy).layers)["net.1.weight"] == "net.1 (144 weights)"
+
+
+def test_training_panels_show_the_dense_phase_once(sweeps):
+    runs = load_sweep(sweeps["lr_high"]).runs
+    g = plot_training(load_curves(runs))
+    titles = [ax.get_title() for ax in g.axes.flat]
+    assert titles == ["dense", "finetune · run target 50%"]
+    assert g.axes.flat[0].get_ylabel() == "validation accuracy (%)"
+
+
+def test_early_stopping_is_the_epoch_of_best_validation_accuracy():
+    curves = pd.DataFrame({
+        "run_dir": ["r"] * 7,
+        "phase": ["dense"] * 4 + ["finetune"] * 3,
+        "epoch": [1, 2, 3, 4, 1, 2, 3],
+        "val_acc": [0.5, 0.8, 0.8, 0.7, 0.6, 0.6, 0.9],
+    })
+    out = early_stopping(curves).set_index("level_name")["early_stop_epoch"]
+    assert out.to_dict() == {"dense": 2, "pruned": 3}  # a tie keeps the first epoch; finetune made "pruned"

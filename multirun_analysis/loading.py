@@ -304,7 +304,7 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
     swept = sorted({k for o in done for k in o["overrides"]} - ignored)
     varying = _condition_keys(done)
     columns = list(dict.fromkeys([*varying, *swept]))
-    rows, layers = [], []
+    table = []
     for o in done:
         values = {}
         for key in columns:
@@ -312,6 +312,13 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
             if value is None and key in o["overrides"]:  # a key only the command line names
                 value = _parse_value(o["overrides"][key])
             values[key] = _cell(value)
+        table.append(values)
+    for key in columns:  # 0.01 in one run and "0.01" in another must not print alike: JSON text tells them apart
+        if len({type(v) for v in (t[key] for t in table) if v is not None}) > 1:
+            for t in table:
+                t[key] = None if t[key] is None else json.dumps(t[key])
+    rows, layers = [], []
+    for o, values in zip(done, table):
         label = ",".join(f"{k}={values[k]}" for k in varying if values[k] is not None)
         rows += [{**row, **values, "condition": label} for row in o["rows"]]
         layers += o["layers"]

@@ -45,11 +45,10 @@ def varying(df: pd.DataFrame, among: Sequence[str] | None = None) -> list[str]:
     """The condition columns (or `among`) that take more than one value in `df`: what a study compares.
 
     Order: the choices (dataset, model, init, pruner, train, experiment), branch, then each differing
-    setting key (train.lr, ...) on its own rather than the joined `condition` label.
+    setting key (train.lr, ...) on its own, and the joined `condition` label only where those keys do not
+    tell the conditions apart (`curve_columns`).
     """
-    cols = [c for c in condition_columns(df) if c != "condition"]
-    cols += [c for c in df.attrs.get("swept", []) if c in df.columns and c not in cols]
-    cols = [c for c in cols if among is None or c in among]
+    cols = [c for c in curve_columns(df) if among is None or c in among]
     return [c for c in cols if df[c].astype(str).nunique() > 1]
 
 

@@ -201,3 +201,15 @@ def test_early_stopping_is_the_epoch_of_best_validation_accuracy():
     })
     out = early_stopping(curves).set_index("level_name")["early_stop_epoch"]
     assert out.to_dict() == {"dense": 2, "pruned": 3}  # a tie keeps the first epoch; finetune made "pruned"
+
+
+def test_values_that_print_alike_still_make_two_curves(sweeps, tmp_path):
+    """train.lr 0.01 in one run and "0.01" (text) in another print alike; they are still two conditions."""
+    copy = tmp_path / "alike"
+    runs = _copy_runs(sweeps["lr_high"], copy, lambda name: True)
+    _edit(runs[0], lambda r: r["config"]["train"].update(lr="0.01"))
+    loaded = load_sweep(copy).runs
+    assert loaded["condition_key"].nunique() == 2 and loaded["condition"].nunique() == 2
+    assert (summarize(loaded)["n_seeds"] == 1).all()  # never averaged together
+    g = plot_tradeoff(loaded)
+    assert len([line for line in g.axes.flat[0].get_lines() if line.get_gid() is None and len(line.get_xdata())]) == 2

@@ -171,7 +171,9 @@ def read_run(root: str, run_dir: str) -> dict[str, Any]:
     seed = record.get("seed")
     if seed is not None and not (_number(seed) and float(seed).is_integer()):
         return problem("corrupt", f"results.json has seed {seed!r}, not an integer")
-    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    config = record.get("config") or {}
+    if not isinstance(config, dict):
+        return problem("corrupt", f"results.json has a config of type {type(config).__name__}, not an object")
     overrides = record.get("overrides") if isinstance(record.get("overrides"), list) else []
     overrides = override_keys([o for o in overrides if isinstance(o, str)])
     settings = bookkeeping.flatten(bookkeeping.condition_config(config))
@@ -216,7 +218,7 @@ def read_run(root: str, run_dir: str) -> dict[str, Any]:
     branches = {r["branch"] for r in rows} - {MAIN_BRANCH}
     dense = [r for r in rows if r["branch"] == MAIN_BRANCH and r["target_level"] == 0]
     rows += [{**r, "branch": b} for b in sorted(branches) for r in dense]
-    return {"rows": rows, "layers": layer_rows, "overrides": overrides, "settings": settings}
+    return {"rows": rows, "layers": layer_rows, "overrides": overrides, "settings": settings, "config": bool(config)}
 
 
 def _why_no_results(run_dir: Path) -> dict[str, Any]:
@@ -260,6 +262,9 @@ def _condition_keys(done: list[dict[str, Any]]) -> list[str]:
     ("init.weight.mode") is left to the group's choice column ("init") when each choice value has one value
     of it; `train.lr` under one train choice ("adam") with two values stays a key of its own.
     """
+    # a run without a config (an old results.json) knows only its overrides: it must not make every key of
+    # the others look varied; its label may then equal another's, and _one_label_per_key tells them apart
+    done = [o for o in done if o["config"]] or done
     keys = sorted({k for o in done for k in o["settings"]})
     out = []
     for key in keys:

@@ -63,7 +63,7 @@ def palette(df: pd.DataFrame, hue: str | None) -> dict[str, tuple] | None:
     """The colour of each value of `hue` (seaborn's colour-blind palette, values in sorted order)."""
     if hue is None:
         return None
-    values = sorted(df[hue].astype(str).unique())
+    values = sorted(df[hue].map(str).unique())
     return dict(zip(values, sns.color_palette("colorblind", max(len(values), 1))))
 
 
@@ -98,7 +98,7 @@ def _facet(data: pd.DataFrame, cols: list[str]) -> str | None:
     if len(cols) == 1:
         return cols[0]
     name = " / ".join(cols)
-    data[name] = data[cols].astype(str).agg(" / ".join, axis=1)
+    data[name] = data[cols].map(str).agg(" / ".join, axis=1)
     return name
 
 
@@ -191,7 +191,7 @@ def plot_tradeoff(
         data["x"] = (1 - data[LEVEL]) * 100 if x == "remaining" else data[LEVEL] * 100
     colors = colors or palette(data, hue)
     if hue:
-        data[hue] = data[hue].astype(str)
+        data[hue] = data[hue].map(str)
     col_var, row_var = _facet(data, cols), _facet(data, rows)
     g = sns.relplot(
         data=data, x="x", y=metric, hue=hue, style=style, col=col_var, row=row_var, kind="line",
@@ -236,7 +236,7 @@ def plot_ticket(
     data["x"] = (1 - data[LEVEL]) * 100
     colors = colors or palette(data, hue)
     if hue:
-        data[hue] = data[hue].astype(str)
+        data[hue] = data[hue].map(str)
     g = sns.relplot(
         data=data, x="x", y="value", hue=hue, style=style, col="panel", row=_facet(data, rows), kind="line",
         errorbar=t_errorbar(confidence, None), markers=True, palette=colors,
@@ -273,7 +273,7 @@ def plot_training(
     data[metric] *= _scale(metric)
     colors = colors or palette(data, hue)
     if hue:
-        data[hue] = data[hue].astype(str)
+        data[hue] = data[hue].map(str)
     row_var = _facet(data, rows)
     g = sns.relplot(
         data=data, x="epoch", y=metric, hue=hue, style=style, col="phase", col_order=order, row=row_var,
@@ -308,7 +308,7 @@ def plot_layers(
     targets = [f"{t * 100:.4g}% target" for t in sorted(data[LEVEL].unique())]
     colors = colors or palette(data, hue)
     if hue:
-        data[hue] = data[hue].astype(str)
+        data[hue] = data[hue].map(str)
     keys = [k for k in rows if k != hue and k != LEVEL and k != "run_target_sparsity"]
     row_var = _facet(data, keys)
     with warnings.catch_warnings():

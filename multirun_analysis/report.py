@@ -117,9 +117,9 @@ def trust_flags(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
     version, configured budget, or (per level) the recorded epochs_trained."""
     lines = []
     for _, part in runs.groupby(list(by), dropna=False, sort=True):
-        name = _name(part.iloc[0], [c for c in by if runs[c].astype(str).nunique() > 1]) or "the only curve"
+        name = _name(part.iloc[0], [c for c in by if runs[c].map(str).nunique() > 1]) or "the only curve"
         for col, what in SAME_WITHIN_CURVE.items():
-            values = sorted(part[col].dropna().astype(str).unique()) if col in part else []
+            values = sorted(part[col].dropna().map(str).unique()) if col in part else []
             if len(values) > 1:
                 lines.append(f"- ⚠ **{name}**: its runs have different {what}: {', '.join(values)}.")
         if "epochs_trained" in part:
@@ -146,7 +146,7 @@ def budget_table(runs: pd.DataFrame, by: Sequence[str]) -> tuple[pd.DataFrame, l
     for _, part in runs.groupby(list(by), dropna=False):
         dense, pruned = part.loc[part[LEVEL] == 0, "epochs_trained"], part.loc[part[LEVEL] > 0, "epochs_trained"]
         if not dense.dropna().empty and not pruned.dropna().empty and pruned.max() > dense.max():
-            name = _name(part.iloc[0], [c for c in by if runs[c].astype(str).nunique() > 1]) or "the runs"
+            name = _name(part.iloc[0], [c for c in by if runs[c].map(str).nunique() > 1]) or "the runs"
             notes.append(f"- {name}: pruned levels trained up to {pruned.max():g} epochs in total, the dense "
                          f"baseline {dense.max():g}; part of any gain over dense may be the extra training.")
     return table, notes
@@ -220,7 +220,7 @@ def write_report(
         lines += [
             "## Answer",
             "",
-            f"Compared: `{hue}` ({', '.join(map(str, sorted(runs[hue].astype(str).unique())))})"
+            f"Compared: `{hue}` ({', '.join(map(str, sorted(runs[hue].map(str).unique())))})"
             + (f", within each {', '.join(f'`{c}`' for c in context)}" if context else "")
             + (f"; fixed: {', '.join(fixed)}" if fixed else "") + "."
             if hue else "Nothing varies between these runs but the seed and the sparsity target: one curve.",

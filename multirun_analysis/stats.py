@@ -49,7 +49,7 @@ def varying(df: pd.DataFrame, among: Sequence[str] | None = None) -> list[str]:
     tell the conditions apart (`curve_columns`).
     """
     cols = [c for c in curve_columns(df) if among is None or c in among]
-    return [c for c in cols if df[c].astype(str).nunique() > 1]
+    return [c for c in cols if df[c].map(str).nunique() > 1]
 
 
 def _by(df: pd.DataFrame, by: str | Sequence[str] | None) -> list[str]:

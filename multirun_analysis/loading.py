@@ -335,13 +335,14 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
         )
     else:
         runs = _one_label_per_key(runs)
-    runs.attrs["swept"] = columns
+    runs.attrs["swept"], runs.attrs["conditions"] = columns, varying
     first = [c for c in (*run_columns(runs), "level", "level_name", "branch", "target_level", "sparsity") if c in runs]
     runs = runs[first + [c for c in runs.columns if c not in first]]  # what a run is, then what it measured
-    runs.attrs["swept"] = columns
+    runs.attrs["swept"], runs.attrs["conditions"] = columns, varying
     layer_df = pd.DataFrame(layers, columns=["run_dir", "level", "layer_index", "layer", *LAYER_FIELDS])
     keys = [*run_columns(runs), "level", "level_name", "branch", "target_level"]
     layer_df = layer_df.merge(runs[keys].drop_duplicates(["run_dir", "level"]), on=["run_dir", "level"], how="left")
+    layer_df.attrs = dict(runs.attrs)  # which settings tell curves apart (stats.curve_columns)
     problem_df = pd.DataFrame(problems, columns=["sweep", "run", "run_dir", "status", "reason"])
     return Sweep(runs=runs, layers=layer_df, problems=problem_df, swept=columns)
 
@@ -417,7 +418,9 @@ def read_curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     curves = pd.DataFrame(rows, columns=None if rows else ["run_dir", "phase", "epoch", "val_acc"])
     meta = runs[run_columns(runs)].drop_duplicates("run_dir")
     problem_df = pd.DataFrame(problems, columns=["sweep", "run", "run_dir", "status", "reason"])
-    return curves.merge(meta, on="run_dir", how="left"), problem_df
+    curves = curves.merge(meta, on="run_dir", how="left")
+    curves.attrs = dict(runs.attrs)
+    return curves, problem_df
 
 
 def load_curves(runs: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis.loading import Sweep, early_stopping, layer_labels, read_curves
+from multirun_analysis.loading import CHOICES, Sweep, early_stopping, layer_labels, read_curves
 from multirun_analysis.plots import (
     Facet,
     palette,
@@ -83,16 +83,19 @@ def answer(
         level = max(shared)
         at = part[part[LEVEL] == level].sort_values("mean", ascending=False)
         best = at.iloc[0]
+        label = (lambda v: str(v)) if hue in (*CHOICES, "branch") else (lambda v: f"{hue}={v}")  # 0.01 -> train.lr=0.01
         ci = f"95% CI {best['ci_low'] * scale:.1f}–{best['ci_high'] * scale:.1f}" if best["n_seeds"] > 1 else "1 seed"
         head = f"At {_pct(level)} sparsity{' (dense)' if level == 0 else ''}"
         head += f" ({where})" if where else ""
         what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric)
-        text = f"{head}, **{best[hue]}** keeps {best['mean'] * scale:.1f}{unit} {what} ({ci}, n = {best['n_seeds']})"
+        mean = f"{best['mean'] * scale:.1f}{unit}"
+        text = f"{head}, **{label(best[hue])}** keeps {mean} {what} ({ci}, n = {best['n_seeds']})"
         others = []
         for _, other in at.iloc[1:].iterrows():
             test = _test(comparisons, context, key, level, best[hue], other[hue])
             diff = (best["mean"] - other["mean"]) * scale
-            others.append(f"{diff:.1f} points above **{other[hue]}** ({other['mean'] * scale:.1f}{unit}; {test})")
+            mean = f"{other['mean'] * scale:.1f}{unit}"
+            others.append(f"{diff:.1f} points above **{label(other[hue])}** ({mean}; {test})")
         lines.append(f"- {text}: " + "; ".join(others) + ".")
     return lines
 

@@ -28,11 +28,12 @@ def condition_columns(df: pd.DataFrame) -> list[str]:
 
 
 def curve_columns(df: pd.DataFrame) -> list[str]:
-    """condition_columns with the `condition` label split into its keys (train.lr, ...), so that one of
+    """condition_columns with the `condition` label split into its keys (train.lr, ...: the table's
+    attrs["conditions"], set by load_sweep), so that one of
     them can be compared (hue) while the others stay context. Falls back to the label where the keys do
     not pin one condition_key down (a value that printed like another's: the label carries the hash)."""
     cols = [c for c in condition_columns(df) if c != "condition"]
-    cols += [c for c in df.attrs.get("swept", []) if c in df.columns and c not in cols]
+    cols += [c for c in df.attrs.get("conditions", []) if c in df.columns and c not in cols]
     if "condition_key" in df and not df.empty:
         if df.groupby(cols, dropna=False)["condition_key"].nunique().max() > 1:
             cols.append("condition")

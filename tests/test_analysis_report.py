@@ -104,6 +104,7 @@ def test_merged_sweeps_differing_only_in_lr_give_two_curves(sweeps):
     assert {t.get_text() for t in g.legend.get_texts()} == {"0.01", "0.002"}
     _, answer = _report(sweeps["lr_high"], sweeps["lr_low"], out=sweeps["base"] / "lr_report")
     assert "Compared: `train.lr` (0.002, 0.01)" in answer
+    assert "**train.lr=0.01**" in answer and "**train.lr=0.002**" in answer  # a bare number would say nothing
 
 
 def test_conditions_follow_the_bookkeeping_list(sweeps, monkeypatch):

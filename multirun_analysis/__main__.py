@@ -12,6 +12,7 @@ from multirun_analysis.report import write_report
 from multirun_analysis.stats import varying
 
 AUTO = "auto"
+NOT_A_GROUP = ("seed", "level", "target_level", "sparsity", "run_target_sparsity")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             if bad:
                 return _error(f"{option} {','.join(bad)} is not a column of the runs; columns that vary here: "
                               f"{', '.join(varying(sweep.runs)) or 'none'} (any column of runs.csv works)")
+            axes = [n for n in names if n in NOT_A_GROUP or n == args.metric]
+            if axes:
+                return _error(f"{option} {','.join(axes)} is an axis of the statistics (seeds are averaged, levels "
+                              f"are the x), not a group to compare; columns that vary here: "
+                              f"{', '.join(varying(sweep.runs)) or 'none'}")
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:

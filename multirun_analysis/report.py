@@ -208,7 +208,9 @@ def write_report(
     if not runs.empty:
         hue, style, _, _ = resolve_roles(runs, hue, style, col, "auto")
         by = curve_columns(runs)
+        by += [hue] if hue and hue not in by else []  # a hue outside the conditions (e.g. sweep) splits curves too
         keys = varying(runs)
+        keys += [hue] if hue and hue not in keys else []
         context = [c for c in by if c != hue and c in keys]
         shown = [c for c in by if c == hue or c in keys] or [c for c in ("model", "pruner") if c in runs]
         summary = summarize(runs, metric, by)

@@ -134,17 +134,19 @@ def test_damaged_runs_are_listed_never_fatal(sweeps, tmp_path):
     assert pd.api.types.is_float_dtype(curves["val_acc"]) and curves["epoch"].max() == 6
 
 
-@pytest.mark.parametrize("case", ["out_is_a_file", "hue_bogus"])
+@pytest.mark.parametrize("case", ["out_is_a_file", "hue_bogus", "hue_seed"])
 def test_bad_options_get_one_line(sweeps, tmp_path, case):
     out = tmp_path / "report"
-    extra = ["--hue", "bogus"] if case == "hue_bogus" else []
+    extra = {"hue_bogus": ["--hue", "bogus"], "hue_seed": ["--hue", "seed"]}.get(case, [])
     if case == "out_is_a_file":
         out.write_text("not a folder")
     done = run_cli(str(sweeps["pruners"]), "--out", str(out), *extra, module="multirun_analysis", cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
-    expected = "--hue bogus is not a column" if case == "hue_bogus" else f"--out {out} is a file"
-    assert expected in done.stderr and ("pruner" in done.stderr or case == "out_is_a_file")
+    expected = {"hue_bogus": "--hue bogus is not a column", "hue_seed": "--hue seed is an axis of the statistics",
+                "out_is_a_file": f"--out {out} is a file"}[case]
+    assert expected in done.stderr and ("pruner" in done.stderr or case == "out_is_a_file")  # names the choices
+    assert out.is_file() if case == "out_is_a_file" else not out.exists()  # nothing written
 
 
 def test_control_arms_budgets_and_versions(sweeps, tmp_path):

@@ -67,15 +67,18 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str]]:
         while stack:
             folder = stack.pop()
             subfolders = []
-            with os.scandir(folder) as it:
-                for entry in it:
-                    if entry.name in RUN_MARKERS:
-                        found.append((root, folder))
-                        break
-                    if not entry.name.startswith(".") and entry.is_dir():
-                        subfolders.append(entry.path)
-                else:
-                    stack += subfolders
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        if entry.name in RUN_MARKERS:
+                            found.append((root, folder))
+                            break
+                        if not entry.name.startswith(".") and entry.is_dir():
+                            subfolders.append(entry.path)
+                    else:
+                        stack += subfolders
+            except OSError:  # unreadable, or removed while the walk ran: listed with its reason, never skipped
+                found.append((root, folder))
     return sorted(found, key=lambda rf: rf[1])
 
 
@@ -230,12 +233,22 @@ def _why_no_results(run_dir: Path) -> dict[str, Any]:
         return {"status": "failed", "reason": f"error.json unreadable ({e})"}
     if isinstance(error, dict):
         return {"status": f"failed ({error.get('kind', '?')})", "reason": str(error.get("error", "?"))}
-    latest = max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=math.nan)
-    age = time.time() - latest
+    try:
+        age = time.time() - max(map(_mtime, [run_dir, *run_dir.iterdir()]))
+    except OSError as e:  # the folder went away (or became unreadable) while the sweep was read
+        return {"status": "unreadable", "reason": f"run folder: {e.strerror or e}"}
     return {
         "status": "incomplete",
         "reason": f"no results.json or error.json: still running or interrupted (last write {age / 60:.0f} min ago)",
     }
+
+
+def _mtime(path: Path) -> float:
+    """A file's modification time; 0 for one a running job renamed or removed since the folder was listed."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _read_chunk(items: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from multirun_analysis.loading import load_sweep
 from multirun_analysis.report import write_report
+from multirun_analysis.stats import varying
+
+AUTO = "auto"
+NOT_A_GROUP = ("seed", "level", "target_level", "sparsity", "run_target_sparsity")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,18 +27,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="report folder (created)")
     p.add_argument("--metric", default="test_acc", help="level field to compare (default test_acc)")
-    p.add_argument("--hue", default="init", help="column compared and coloured (default init)")
+    p.add_argument("--hue", default=AUTO, help="column compared and coloured (default: the first that varies)")
     p.add_argument(
-        "--style", default="pruner", help="column drawn as line style (default pruner; 'none' for none)"
+        "--style", default=AUTO, help="column drawn as line style (default: the second that varies; 'none')"
     )
     p.add_argument(
-        "--col", default="dataset,model", help="facet columns, comma-separated (default dataset,model)"
+        "--col", default=AUTO, help="facet columns, comma-separated (default: dataset,model where they vary)"
     )
     p.add_argument(
         "--x",
-        choices=("remaining", "sparsity"),
+        choices=("remaining", "sparsity", "flops"),
         default="remaining",
-        help="x axis: %% of weights remaining on a log scale (default) or linear sparsity",
+        help="x axis of the trade-off: %% of weights remaining on a log scale (default), linear sparsity, or "
+        "%% of forward FLOPs remaining (a FLOPs figure is drawn beside the default one anyway)",
     )
     p.add_argument(
         "--tolerance",
@@ -46,8 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _error(message: str) -> int:
+    print(f"multirun_analysis: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _error(f"--out {args.out} is a file; give a folder for the report (it is created)")
     t0 = time.perf_counter()
     try:
         sweep = load_sweep(args.sweeps, workers=args.workers)
@@ -70,12 +83,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     loaded = time.perf_counter() - t0
     style = None if args.style.lower() == "none" else args.style
+    col = AUTO if args.col == AUTO else [c for c in args.col.split(",") if c]
+    if not sweep.runs.empty:
+        for option, names in (("--hue", [args.hue]), ("--style", [style]), ("--col", col if col != AUTO else [])):
+            bad = [n for n in names if n not in (None, AUTO) and n not in sweep.runs.columns]
+            if bad:
+                return _error(f"{option} {','.join(bad)} is not a column of the runs; columns that vary here: "
+                              f"{', '.join(varying(sweep.runs)) or 'none'} (any column of runs.csv works)")
+            axes = [n for n in names if n in NOT_A_GROUP or n == args.metric]
+            if axes:
+                return _error(f"{option} {','.join(axes)} is an axis of the statistics (seeds are averaged, levels "
+                              f"are the x), not a group to compare; columns that vary here: "
+                              f"{', '.join(varying(sweep.runs)) or 'none'}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        return _error(f"cannot create --out {args.out}: {e.strerror or e}")
     report = write_report(
         sweep,
         args.out,
         hue=args.hue,
         style=style,
-        col=[c for c in args.col.split(",") if c],
+        col=col,
         metric=args.metric,
         x=args.x,
         tolerance=args.tolerance,

@@ -3,12 +3,18 @@
 A run folder is any folder holding `.hydra/`, `results.json`, `error.json`, `metrics.jsonl` or
 `checkpoints/`; the walk stops descending at a run folder, skips dot-folders (`.submitit/`, `.hydra/`)
 and so reads local and SLURM sweeps alike. Only `results.json` is parsed on the hot path (json, never
-YAML): `overrides` names the swept keys, `config` gives their resolved values in runs that did not sweep
-them, so several sweeps merge into one table.
+YAML).
+
+Which runs share a curve comes from their configs, not from what was typed on the command line: two runs
+belong to one condition when their resolved configs differ in nothing but the axes (seed, sparsity target)
+and bookkeeping keys (`prune_lab.bookkeeping`, read at call time). The keys that differ between the loaded
+runs become columns and the `condition` label, also when no sweep varied them on its command line (two
+sweeps with different `train.lr` merged). A level's `branch` (an IMP control arm) is part of its curve.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,14 +27,19 @@ from typing import Any
 
 import pandas as pd
 
+from prune_lab import bookkeeping
+
 RESULTS, ERROR, METRICS = "results.json", "error.json", "metrics.jsonl"
 RUN_MARKERS = frozenset((".hydra", RESULTS, ERROR, METRICS, "checkpoints"))
 LAYER_FIELDS = ("numel", "nonzero", "sparsity")  # per layer, in results.json's `layers`
 # Config groups: results.json names the chosen option at top level.
 CHOICES = ("dataset", "model", "init", "pruner", "train", "experiment")
-# Override keys that are not a condition to compare: the seed and the target are the statistics' axes,
-# the rest are locations or machine settings that do not change the experiment.
-NOT_CONDITIONS = ("seed", "sparsity", "device", "keep_checkpoints", "dataset.data_dir", "dataset.download")
+# A level without `branch` is the method's own; IMP control arms name theirs (randomly_reinitialize, ...).
+MAIN_BRANCH = "main"
+# Level fields that must be numbers: a run whose results.json holds anything else there is corrupt.
+NUMERIC = ("target_sparsity", "sparsity", "epochs_trained")
+NUMERIC_PREFIXES = ("params_", "prunable_", "flops_", "bytes_")
+NUMERIC_SUFFIXES = ("_acc", "_loss")
 # Targets of one-shot runs and IMP rounds computed as 1-(1-p)^k differ in the last bits across runs:
 # aligning to 4 decimals puts them on one level (0.01% of the weights).
 LEVEL_DECIMALS = 4
@@ -56,15 +67,18 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str]]:
         while stack:
             folder = stack.pop()
             subfolders = []
-            with os.scandir(folder) as it:
-                for entry in it:
-                    if entry.name in RUN_MARKERS:
-                        found.append((root, folder))
-                        break
-                    if not entry.name.startswith(".") and entry.is_dir():
-                        subfolders.append(entry.path)
-                else:
-                    stack += subfolders
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        if entry.name in RUN_MARKERS:
+                            found.append((root, folder))
+                            break
+                        if not entry.name.startswith(".") and entry.is_dir():
+                            subfolders.append(entry.path)
+                    else:
+                        stack += subfolders
+            except OSError:  # unreadable, or removed while the walk ran: listed with its reason, never skipped
+                found.append((root, folder))
     return sorted(found, key=lambda rf: rf[1])
 
 
@@ -75,13 +89,8 @@ def _scalar(value: Any) -> bool:
     return type(value) in SCALARS or isinstance(value, SCALARS)
 
 
-def _lookup(config: dict[str, Any], key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _parse_value(text: str) -> Any:
@@ -98,7 +107,7 @@ def override_keys(overrides: Sequence[str]) -> dict[str, str]:
     for item in overrides:
         key, sep, value = item.partition("=")
         if sep and not key.startswith("~"):
-            out[key.lstrip("+").replace("/", ".")] = value
+            out[bookkeeping.normalize_key(key)] = value
     return out
 
 
@@ -113,80 +122,106 @@ def _level_fields(level: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _not_a_number(fields: dict[str, Any]) -> str | None:
+    """The first metric field that holds something other than a number (or null), as "name=value"."""
+    for key, value in fields.items():
+        numeric = key in NUMERIC or key.startswith(NUMERIC_PREFIXES) or key.endswith(NUMERIC_SUFFIXES)
+        if numeric and value is not None and not _number(value):
+            return f"{key}={value!r}"
+    return None
+
+
 def _target_level(level: dict[str, Any]) -> float:
     target = level.get("target_sparsity")
-    if not isinstance(target, (int, float)) or isinstance(target, bool) or not math.isfinite(target):
-        target = level.get(
-            "sparsity", math.nan
-        )  # a method that sets no target is aligned on what it measured
-    return round(float(target), LEVEL_DECIMALS)
+    if not _number(target) or not math.isfinite(target):
+        target = level.get("sparsity", math.nan)  # a method that sets no target is aligned on what it measured
+    return round(float(target), LEVEL_DECIMALS) if _number(target) else math.nan
+
+
+def condition_key(config: dict[str, Any]) -> str:
+    """12 hex digits naming a run's condition: a hash of its config minus bookkeeping, seed and target."""
+    text = json.dumps(bookkeeping.condition_config(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def read_run(root: str, run_dir: str) -> dict[str, Any]:
-    """One run folder -> {"rows": [...], "layers": [...], "overrides": {...}} or {"problem": {...}}."""
+    """One run folder -> {"rows", "layers", "overrides", "settings"} or {"problem": {...}}.
+
+    settings: the run's condition config, flattened to dotted keys ({"train.lr": 0.01, ...}).
+    """
     name = run_dir[len(root) :].lstrip(os.sep) if run_dir.startswith(root) else os.path.relpath(run_dir, root)
     base = {"sweep": root, "run": name or os.path.basename(run_dir), "run_dir": run_dir}
+
+    def problem(status: str, reason: str) -> dict[str, Any]:
+        return {"problem": {**base, "status": status, "reason": reason}}
+
     try:
         with open(os.path.join(run_dir, RESULTS), "rb") as f:
             text = f.read()
     except FileNotFoundError:
         return {"problem": {**base, **_why_no_results(Path(run_dir))}}
     except OSError as e:
-        return {"problem": {**base, "status": "unreadable", "reason": f"results.json: {e}"}}
+        return problem("unreadable", f"results.json: {e}")
     try:
         record = json.loads(text)
     except ValueError as e:
-        return {"problem": {**base, "status": "corrupt", "reason": f"results.json is not valid JSON ({e})"}}
+        return problem("corrupt", f"results.json is not valid JSON ({e})")
     levels = record.get("levels") if isinstance(record, dict) else None
-    if (
-        not isinstance(record, dict)
-        or record.get("status") != "ok"
-        or not isinstance(levels, list)
-        or not levels
-    ):
+    if not isinstance(record, dict) or record.get("status") != "ok" or not isinstance(levels, list) or not levels:
         status = record.get("status") if isinstance(record, dict) else type(record).__name__
-        return {
-            "problem": {
-                **base,
-                "status": "corrupt",
-                "reason": f"results.json has status {status!r} and {len(levels or [])} levels",
-            }
-        }
+        n_levels = len(levels) if isinstance(levels, list) else 0
+        return problem("corrupt", f"results.json has status {status!r} and {n_levels} levels")
+    seed = record.get("seed")
+    if seed is not None and not (_number(seed) and float(seed).is_integer()):
+        return problem("corrupt", f"results.json has seed {seed!r}, not an integer")
+    config = record.get("config") or {}
+    if not isinstance(config, dict):
+        return problem("corrupt", f"results.json has a config of type {type(config).__name__}, not an object")
+    overrides = record.get("overrides") if isinstance(record.get("overrides"), list) else []
+    overrides = override_keys([o for o in overrides if isinstance(o, str)])
+    settings = bookkeeping.flatten(bookkeeping.condition_config(config))
+    if not config:  # an old or hand-made results.json: its overrides are all we know of its condition
+        ignored = {*bookkeeping.BOOKKEEPING, *bookkeeping.AXES}
+        settings = {k: _parse_value(v) for k, v in overrides.items() if k not in ignored}
+    versions = record.get("versions") if isinstance(record.get("versions"), dict) else {}
     run = {
         **base,
-        **{k: record.get(k) for k in CHOICES},
-        "seed": record.get("seed"),
-        "run_target_sparsity": record.get("target_sparsity"),
+        **{k: record.get(k) if _scalar(record.get(k)) else str(record.get(k)) for k in CHOICES},
+        "seed": seed,
+        "run_target_sparsity": record.get("target_sparsity") if _number(record.get("target_sparsity")) else None,
         "config_hash": record.get("config_hash"),
+        "condition_key": condition_key(config) if config else "overrides:" + json.dumps(settings, sort_keys=True),
+        "git_commit": versions.get("git_commit"),
+        "torch_version": versions.get("torch"),
+        # the configured epochs ("train.epochs=5, train.finetune_epochs=2, ..."): a curve's runs must agree
+        "budget": ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k.endswith("epochs")),
         "wall_time_s": record.get("wall_time_s"),
         "peak_rss_mb": record.get("peak_rss_mb"),
     }
     rows, layer_rows = [], []
     for i, level in enumerate(levels):
         if not isinstance(level, dict):
-            return {
-                "problem": {
-                    **base,
-                    "status": "corrupt",
-                    "reason": f"level {i} of results.json is not an object",
-                }
-            }
+            return problem("corrupt", f"level {i} of results.json is not an object")
         fields = _level_fields(level)
+        bad = _not_a_number(fields)
+        if bad:
+            return problem("corrupt", f"level {i} of results.json has {bad}, not a number")
         fields["level_name"] = fields.pop("name", None)
+        branch = fields.pop("branch", None)
+        fields["branch"] = str(branch) if branch is not None else MAIN_BRANCH
         rows.append({**run, "level": i, "target_level": _target_level(level), **fields})
         layers = level.get("layers")
         if isinstance(layers, dict):
             layer_rows += [
                 (run_dir, i, j, layer, v.get("numel"), v.get("nonzero"), v.get("sparsity"))
                 for j, (layer, v) in enumerate(layers.items())
-                if isinstance(v, dict)
+                if isinstance(v, dict) and all(_number(v.get(f)) for f in LAYER_FIELDS)
             ]
-    return {
-        "rows": rows,
-        "layers": layer_rows,
-        "overrides": override_keys(record.get("overrides") or []),
-        "config": record.get("config") or {},
-    }
+    # a control arm (branch) starts from the run's dense network: its curve gets the same dense level
+    branches = {r["branch"] for r in rows} - {MAIN_BRANCH}
+    dense = [r for r in rows if r["branch"] == MAIN_BRANCH and r["target_level"] == 0]
+    rows += [{**r, "branch": b} for b in sorted(branches) for r in dense]
+    return {"rows": rows, "layers": layer_rows, "overrides": overrides, "settings": settings, "config": bool(config)}
 
 
 def _why_no_results(run_dir: Path) -> dict[str, Any]:
@@ -198,12 +233,22 @@ def _why_no_results(run_dir: Path) -> dict[str, Any]:
         return {"status": "failed", "reason": f"error.json unreadable ({e})"}
     if isinstance(error, dict):
         return {"status": f"failed ({error.get('kind', '?')})", "reason": str(error.get("error", "?"))}
-    latest = max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=math.nan)
-    age = time.time() - latest
+    try:
+        age = time.time() - max(map(_mtime, [run_dir, *run_dir.iterdir()]))
+    except OSError as e:  # the folder went away (or became unreadable) while the sweep was read
+        return {"status": "unreadable", "reason": f"run folder: {e.strerror or e}"}
     return {
         "status": "incomplete",
         "reason": f"no results.json or error.json: still running or interrupted (last write {age / 60:.0f} min ago)",
     }
+
+
+def _mtime(path: Path) -> float:
+    """A file's modification time; 0 for one a running job renamed or removed since the folder was listed."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _read_chunk(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -219,20 +264,49 @@ def _read_all(items: list[tuple[str, str]], workers: int) -> list[dict[str, Any]
         return [out for chunk in pool.map(_read_chunk, chunks) for out in chunk]
 
 
-def _condition_label(values: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in values.items())
+def _cell(value: Any) -> Any:
+    return value if _scalar(value) else json.dumps(value, sort_keys=True)
+
+
+def _condition_keys(done: list[dict[str, Any]]) -> list[str]:
+    """The setting keys that tell the loaded runs' conditions apart, less those a choice name already says.
+
+    A key differs when two runs hold different values (or one lacks it). A key under a config group
+    ("init.weight.mode") is left to the group's choice column ("init") when each choice value has one value
+    of it; `train.lr` under one train choice ("adam") with two values stays a key of its own.
+    """
+    # a run without a config (an old results.json) knows only its overrides: it must not make every key of
+    # the others look varied; its label may then equal another's, and _one_label_per_key tells them apart
+    done = [o for o in done if o["config"]] or done
+    keys = sorted({k for o in done for k in o["settings"]})
+    out = []
+    for key in keys:
+        values = [repr(o["settings"].get(key, "<absent>")) for o in done]
+        if len(set(values)) < 2:
+            continue
+        group = key.split(".")[0]
+        if group in CHOICES:
+            by_choice: dict[str, set[str]] = {}
+            for o, v in zip(done, values):
+                by_choice.setdefault(repr(o["rows"][0].get(group)), set()).add(v)
+            if all(len(vs) == 1 for vs in by_choice.values()):
+                continue
+        out.append(key)
+    return out
 
 
 def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: int = 1) -> Sweep:
     """Read every run below `paths` (sweep folders or run folders, merged).
 
     runs: one row per run x level. Columns: sweep, run, run_dir; dataset, model, init, pruner, train,
-      experiment, seed; run_target_sparsity (the run's `sparsity`); one column per swept key (the union of
-      the runs' override keys, resolved from `config` where a run did not override it) and `condition`
-      (the swept keys whose values differ between runs, as "k=v,...", without seed, sparsity and
-      locations: the label that keeps different settings apart);
-      level, level_name, target_level (the level's target, rounded: the x to align on), the measured
-      sparsity, test/val metrics, parameter counts and any other field a level carries (nested ones as
+      experiment (the choice names), seed; run_target_sparsity (the pruner's target); one column per key
+      that tells conditions apart (e.g. train.lr, whether or not a command line swept it) and per swept
+      key (e.g. train.epochs); `condition` (those differing keys as "k=v,...", the label of a curve) and
+      `condition_key` (a hash of the config minus bookkeeping, seed and target: runs with different keys
+      are never averaged together); config_hash, git_commit, torch_version;
+      level, level_name, branch ("main" unless the level is a control arm), target_level (the level's
+      target, rounded: the x to align on), the measured sparsity, test/val metrics, parameter counts,
+      epochs_trained where recorded and any other field a level carries (nested ones as
       "before_finetune.test_acc").
     layers: run_dir, level, layer_index, layer, numel, nonzero, sparsity (one row per run x level x layer).
     problems: sweep, run, run_dir, status (failed (config|crash), corrupt, incomplete), reason.
@@ -244,54 +318,61 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: 
     outs = _read_all(find_run_dirs(paths), workers)
     problems = [o["problem"] for o in outs if "problem" in o]
     done = [o for o in outs if "rows" in o]
-    swept = sorted({k for o in done for k in o["overrides"]} - set(CHOICES) - {"seed"})
-    conditions = [k for k in swept if k not in NOT_CONDITIONS and not k.endswith(".sparsity")]
-    per_run = []
+    ignored = {*CHOICES, *bookkeeping.BOOKKEEPING, *bookkeeping.AXES}
+    swept = sorted({k for o in done for k in o["overrides"]} - ignored)
+    varying = _condition_keys(done)
+    columns = list(dict.fromkeys([*varying, *swept]))
+    table = []
     for o in done:
         values = {}
-        for key in swept:
-            value = _lookup(o["config"], key)
-            if not _scalar(value) or value is None:
-                value = _parse_value(o["overrides"][key]) if key in o["overrides"] else value
-            values[key] = value if _scalar(value) else json.dumps(value)
-        values.pop("sparsity", None)  # the same as run_target_sparsity
-        per_run.append(values)
-    # the label names what tells runs apart: keys with one value in every run, and keys a run lacks
-    # (a pruner without that option), are left out of it
-    varying = [k for k in conditions if len({repr(v[k]) for v in per_run}) > 1]
+        for key in columns:
+            value = o["settings"].get(key)
+            if value is None and key in o["overrides"]:  # a key only the command line names
+                value = _parse_value(o["overrides"][key])
+            values[key] = _cell(value)
+        table.append(values)
+    for key in columns:  # 0.01 in one run and "0.01" in another must not print alike: JSON text tells them apart
+        if len({type(v) for v in (t[key] for t in table) if v is not None}) > 1:
+            for t in table:
+                t[key] = None if t[key] is None else json.dumps(t[key])
     rows, layers = [], []
-    for o, values in zip(done, per_run):
-        label = _condition_label({k: values[k] for k in varying if values[k] is not None})
+    for o, values in zip(done, table):
+        label = ",".join(f"{k}={values[k]}" for k in varying if values[k] is not None)
         rows += [{**row, **values, "condition": label} for row in o["rows"]]
         layers += o["layers"]
     runs = pd.DataFrame(rows)
     if runs.empty:
         runs = pd.DataFrame(
-            columns=[
-                "sweep",
-                "run",
-                "run_dir",
-                *CHOICES,
-                "seed",
-                "run_target_sparsity",
-                "condition",
-                "level",
-                "level_name",
-                "target_level",
-                "sparsity",
-                "test_acc",
-            ]
+            columns=["sweep", "run", "run_dir", *CHOICES, "seed", "run_target_sparsity", "condition",
+                     "condition_key", "level", "level_name", "branch", "target_level", "sparsity", "test_acc"]
         )
-    layer_df = pd.DataFrame(layers, columns=["run_dir", "level", "layer_index", "layer", *LAYER_FIELDS])
-    swept_cols = [k for k in swept if k != "sparsity"]
-    runs.attrs["swept"] = swept_cols
-    first = [c for c in (*run_columns(runs), "level", "level_name", "target_level", "sparsity") if c in runs]
+    else:
+        runs = _one_label_per_key(runs)
+    runs.attrs["swept"], runs.attrs["conditions"] = columns, varying
+    first = [c for c in (*run_columns(runs), "level", "level_name", "branch", "target_level", "sparsity") if c in runs]
     runs = runs[first + [c for c in runs.columns if c not in first]]  # what a run is, then what it measured
-    runs.attrs["swept"] = swept_cols
-    keys = [*run_columns(runs), "level", "level_name", "target_level"]
-    layer_df = layer_df.merge(runs[keys], on=["run_dir", "level"], how="left")
+    runs.attrs["swept"], runs.attrs["conditions"] = columns, varying
+    layer_df = pd.DataFrame(layers, columns=["run_dir", "level", "layer_index", "layer", *LAYER_FIELDS])
+    keys = [*run_columns(runs), "level", "level_name", "branch", "target_level"]
+    layer_df = layer_df.merge(runs[keys].drop_duplicates(["run_dir", "level"]), on=["run_dir", "level"], how="left")
+    layer_df.attrs = dict(runs.attrs)  # which settings tell curves apart (stats.curve_columns)
     problem_df = pd.DataFrame(problems, columns=["sweep", "run", "run_dir", "status", "reason"])
-    return Sweep(runs=runs, layers=layer_df, problems=problem_df, swept=swept_cols)
+    return Sweep(runs=runs, layers=layer_df, problems=problem_df, swept=columns)
+
+
+def _one_label_per_key(runs: pd.DataFrame) -> pd.DataFrame:
+    """Guarantee that choices + condition name exactly one condition_key (a curve never pools two configs).
+
+    The label lists every differing key, so this holds unless two values print alike (0.01 and "0.01"):
+    then the label gets the key's hash appended.
+    """
+    names = [c for c in (*CHOICES, "condition") if c in runs]
+    ambiguous = runs.groupby(names, dropna=False)["condition_key"].transform("nunique") > 1
+    if ambiguous.any():
+        runs = runs.copy()
+        tagged = runs.loc[ambiguous, "condition"] + "#" + runs.loc[ambiguous, "condition_key"]
+        runs.loc[ambiguous, "condition"] = tagged.str.lstrip(",")
+    return runs
 
 
 def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: int = 1) -> pd.DataFrame:
@@ -301,30 +382,106 @@ def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: i
 
 def run_columns(runs: pd.DataFrame) -> list[str]:
     """The columns of `runs` that describe the run, not one of its levels (same value on every level row)."""
-    fixed = ["sweep", "run", "run_dir", *CHOICES, "seed", "run_target_sparsity", "config_hash", "condition"]
+    fixed = ["sweep", "run", "run_dir", *CHOICES, "seed", "run_target_sparsity", "config_hash", "condition",
+             "condition_key", "git_commit", "torch_version", "budget"]
     swept = [c for c in runs.columns if c not in fixed and c in set(runs.attrs.get("swept", []))]
     return [c for c in fixed if c in runs.columns] + swept
 
 
-def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch lines of the metrics.jsonl of every run in `runs`, with the run's columns.
+def read_curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, problems): the per-epoch lines of every run's metrics.jsonl, and the lines skipped.
 
-    Columns: the run columns (init, seed, run_target_sparsity, condition...) and phase, epoch, step,
-    train_loss, val_acc, val_loss. Read on demand for training curves, never by `load_runs`.
+    curves: the run columns (init, seed, condition...) and phase, epoch, step, train_loss, val_acc,
+      val_loss (and any other numeric field). A line that is not JSON, has no phase or epoch, or holds
+      something other than a number in a numeric field ("val_acc": "oops") is skipped; problems has one
+      row per run with skipped lines: sweep, run, run_dir, status ("damaged metrics.jsonl"), reason
+      (how many lines, and the first one's number and fault).
     """
-    rows = []
+    rows, problems = [], []
     for run_dir in runs["run_dir"].drop_duplicates():
         try:
-            lines = Path(run_dir, METRICS).read_text().splitlines()
+            lines = Path(run_dir, METRICS).read_text(errors="replace").splitlines()
         except OSError:
             continue
-        for line in lines:
+        skipped: list[str] = []
+        for n, line in enumerate(lines, start=1):
+            fault = None
             try:
                 record = json.loads(line)
             except ValueError:
-                continue  # a line cut short by a run still writing
-            if isinstance(record, dict) and "epoch" in record and "phase" in record:
-                rows.append({"run_dir": run_dir, **{k: v for k, v in record.items() if _scalar(v)}})
+                record, fault = None, "not JSON"
+            if fault is None and not (isinstance(record, dict) and "epoch" in record and "phase" in record):
+                if isinstance(record, dict) and "phase" not in record and "epoch" not in record:
+                    continue  # an event line (not an epoch): not for the curves
+                fault = "no phase or epoch"
+            if fault is None:
+                values = {k: v for k, v in record.items() if k != "phase"}
+                wrong = [f"{k}={v!r}" for k, v in values.items() if v is not None and not _number(v)]
+                if not isinstance(record["phase"], str) or wrong or not _number(record["epoch"]):
+                    fault = ", ".join(wrong) or f"phase={record['phase']!r}"
+            if fault is not None:
+                skipped.append(f"line {n} ({fault})")
+                continue
+            rows.append({"run_dir": run_dir, **record})
+        if skipped:
+            first = runs.loc[runs["run_dir"] == run_dir].iloc[0]
+            problems.append({"sweep": first["sweep"], "run": first["run"], "run_dir": run_dir,
+                             "status": "damaged metrics.jsonl",
+                             "reason": f"{len(skipped)} line(s) skipped: {'; '.join(skipped[:3])}"})
     curves = pd.DataFrame(rows, columns=None if rows else ["run_dir", "phase", "epoch", "val_acc"])
     meta = runs[run_columns(runs)].drop_duplicates("run_dir")
-    return curves.merge(meta, on="run_dir", how="left")
+    problem_df = pd.DataFrame(problems, columns=["sweep", "run", "run_dir", "status", "reason"])
+    curves = curves.merge(meta, on="run_dir", how="left")
+    curves.attrs = dict(runs.attrs)
+    return curves, problem_df
+
+
+def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """The curves of `read_curves(runs)` (damaged lines skipped; `read_curves` also says which)."""
+    return read_curves(runs)[0]
+
+
+def early_stopping(curves: pd.DataFrame) -> pd.DataFrame:
+    """run_dir, level_name, early_stop_epoch: the epoch of the best validation accuracy of the phase that
+    made each level (the phase named like the level: dense, round-1, ...; a one-shot run's `finetune`
+    made its `pruned` level). The first epoch wins a tie. The Lottery Ticket papers' early-stopping epoch."""
+    if curves.empty or "val_acc" not in curves:
+        return pd.DataFrame(columns=["run_dir", "level_name", "early_stop_epoch"])
+    best = curves.dropna(subset=["val_acc"]).sort_values(["run_dir", "phase", "epoch"])
+    best = best.loc[best.groupby(["run_dir", "phase"])["val_acc"].idxmax(), ["run_dir", "phase", "epoch"]]
+    best["level_name"] = best["phase"].replace({"finetune": "pruned"})
+    return best.rename(columns={"epoch": "early_stop_epoch"})[["run_dir", "level_name", "early_stop_epoch"]]
+
+
+def layer_labels(layers: pd.DataFrame) -> dict[str, str]:
+    """{"net.1.weight": "net.1 (Linear 4→12)", ...}: module path, type and shape of each pruned tensor.
+
+    Shapes come from the model.pt of one run per model (its state_dict); the type is read from the weight's
+    rank (2: Linear, 3-5: Conv1d-3d, the layer types prune_lab prunes). Without a readable model.pt (or
+    torch) the label falls back to the weight count: "net.1 (144 weights)". A name used by two models with
+    different shapes keeps the count too.
+    """
+    kinds = {2: "Linear", 3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    for run_dir in layers.drop_duplicates("model")["run_dir"] if "model" in layers else []:
+        try:
+            import torch  # only here: loading the table never needs it
+
+            saved = torch.load(Path(run_dir, "model.pt"), map_location="cpu", weights_only=True)
+            state = saved.get("state_dict", saved) if isinstance(saved, dict) else {}
+            for name, tensor in state.items():
+                if hasattr(tensor, "shape"):
+                    shapes.setdefault(name, set()).add(tuple(tensor.shape))
+        except Exception:  # noqa: BLE001 - any unreadable model.pt: fall back to counts, never fail the report
+            continue
+    out = {}
+    for name, numel in layers.drop_duplicates("layer")[["layer", "numel"]].itertuples(index=False):
+        module = name[: -len(".weight")] if name.endswith(".weight") else name
+        found = shapes.get(name, set())
+        shape = next(iter(found)) if len(found) == 1 else None
+        if shape and len(shape) in kinds and math.prod(shape) == numel:
+            size = f"{shape[1]}→{shape[0]}" + (f", {'×'.join(map(str, shape[2:]))}" if len(shape) > 2 else "")
+            out[name] = f"{module} ({kinds[len(shape)]} {size})"
+        else:
+            out[name] = f"{module} ({numel} weights)"
+    return out

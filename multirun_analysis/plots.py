@@ -1,13 +1,23 @@
-"""Figures: accuracy against sparsity (mean and CI band over seeds), training curves, per-layer sparsity.
+"""Figures on seaborn: accuracy against % of weights remaining (or FLOPs), the winning-ticket view, training
+curves and per-layer sparsity.
 
-Each function takes a tidy table and names its hue (colour), style (line style and marker) and facets
-(col, row: a column or a list of columns whose values are joined) as arguments, returns the Figure, and
-never calls `plt.show()`; save it with `save(fig, stem)` (PNG and PDF).
+Every function draws one seaborn figure-level plot and returns its `FacetGrid`, so seaborn's own tools
+restyle it (`sns.set_theme`, `sns.move_legend(g, ...)`, `g.set_titles`, `g.figure`); `save(g, stem)`
+writes PNG and PDF. Conventions kept everywhere:
+- accuracy in % (stored as fractions, drawn times 100); sparsity and weights remaining in %;
+- x = % of weights remaining on a log axis, dense (100%) at the left (the Lottery Ticket papers'
+  convention), or linear sparsity;
+- the line is the mean over seeds (runs of one seed averaged first), the band its 95% Student t
+  interval over seeds, clipped to [0, 100] for accuracies;
+- hue, style and facets default to the condition columns that vary (`default_roles`), and every varying
+  column not given a role becomes a row facet: different conditions are never drawn as one line;
+- colours follow one palette per figure family (`palette`): the same init has the same colour in every
+  figure of a report.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,25 +25,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless: pyplot falls back to Agg by itself; a notebook keeps inline
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+import seaborn as sns
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
+from scipy import stats
 
-from multirun_analysis.stats import LEVEL, condition_columns, summarize
+from multirun_analysis.stats import LEVEL, SEED, per_seed, varying
 
 Facet = str | Sequence[str] | None
-# Colour-blind-safe (Okabe-Ito) then tab10; line styles and markers add a second cue for print.
-COLORS = [
-    "#0072B2",
-    "#D55E00",
-    "#009E73",
-    "#CC79A7",
-    "#E69F00",
-    "#56B4E9",
-    "#000000",
-    "#F0E442",
-    *plt.get_cmap("tab10").colors,
-]
-DASHES = ["-", "--", ":", "-."]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 LABELS = {
     "test_acc": "test accuracy (%)",
     "val_acc": "validation accuracy (%)",
@@ -41,140 +39,178 @@ LABELS = {
     "val_loss": "validation loss",
     "train_loss": "training loss",
 }
+X_LABELS = {
+    "remaining": "weights remaining (%, log scale)",
+    "sparsity": "sparsity (%)",
+    "flops": "FLOPs per sample remaining (% of dense, log scale)",
+}
+FACETS = ("dataset", "model")  # what a study holds fixed and a merged table may still vary: panels first
+
+
+def default_roles(df: pd.DataFrame) -> dict[str, str | list[str] | None]:
+    """hue, style, col and row from the condition columns that vary in `df`.
+
+    dataset and model become columns of panels; of the rest, the first varying column is the hue (init in
+    an init study, pruner in a pruner study, train.lr when only lr varies), the second the line style, and
+    any further ones the rows. With one varying column it is both hue and style (colour and a second cue
+    for print).
+    """
+    hue, style, cols, rows = resolve_roles(df, "auto", "auto", "auto", "auto")
+    return {"hue": hue, "style": style, "col": cols or None, "row": rows or None}
+
+
+def palette(df: pd.DataFrame, hue: str | None) -> dict[str, tuple] | None:
+    """The colour of each value of `hue` (seaborn's colour-blind palette, values in sorted order)."""
+    if hue is None:
+        return None
+    values = sorted(df[hue].map(str).unique())
+    return dict(zip(values, sns.color_palette("colorblind", max(len(values), 1))))
 
 
 def _cols(spec: Facet) -> list[str]:
     return [] if spec is None else [spec] if isinstance(spec, str) else list(spec)
 
 
-def _label(row: pd.Series | dict, cols: list[str]) -> str:
-    return " / ".join(str(row[c]) for c in cols) if cols else ""
+def resolve_roles(df: pd.DataFrame, hue, style, col, row) -> tuple[str | None, str | None, list[str], list[str]]:
+    """Roles given explicitly are kept; "auto" ones take the varying columns not given a role (dataset and
+    model as panel columns, then hue, style, rows). Varying columns still without a role join the rows:
+    different conditions are never drawn as one line."""
+    keys = varying(df)
+    given = [v for v in (hue, style) if v not in (None, "auto")]
+    given += [c for spec in (col, row) if spec != "auto" for c in _cols(spec)]
+    free = [k for k in keys if k not in given]
+    cols = [k for k in free if k in FACETS] if col == "auto" else _cols(col)
+    free = [k for k in free if k not in cols]
+    hue = (free.pop(0) if free else None) if hue == "auto" else hue
+    style = (free.pop(0) if free else hue) if style == "auto" else style
+    rows = list(free) if row == "auto" else _cols(row)
+    for name in [hue, style, *cols, *rows]:
+        if name is not None and name not in df.columns:
+            raise KeyError(f"{name!r} is not a column of the table; varying columns: {keys}")
+    used = {hue, style, *cols, *rows}
+    return hue, style, cols, rows + [k for k in keys if k not in used]
 
 
-def _scale(metric: str, values: pd.Series) -> float:
-    """Accuracies are stored as fractions and drawn as percent."""
-    return 100.0 if metric.endswith("acc") and values.dropna().le(1.0).all() else 1.0
+def _facet(data: pd.DataFrame, cols: list[str]) -> str | None:
+    """One facet variable for several columns: their values joined ("penguins / penguin_mlp")."""
+    if not cols:
+        return None
+    if len(cols) == 1:
+        return cols[0]
+    name = " / ".join(cols)
+    data[name] = data[cols].map(str).agg(" / ".join, axis=1)
+    return name
 
 
-def _pooled(df: pd.DataFrame, used: list[str]) -> list[str]:
-    return [c for c in condition_columns(df) if c not in used and df[c].nunique(dropna=False) > 1]
+def t_errorbar(confidence: float = 0.95, clip: tuple[float, float] | None = (0, 100)):
+    """seaborn `errorbar=`: the Student t interval of the mean of the values (seeds), clipped to `clip`."""
+
+    def interval(values: pd.Series) -> tuple[float, float]:
+        v = np.asarray(values, float)
+        n = len(v)
+        if n < 2:
+            return math.nan, math.nan
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * v.std(ddof=1) / math.sqrt(n)
+        lo, hi = v.mean() - half, v.mean() + half
+        return (max(lo, clip[0]), min(hi, clip[1])) if clip else (lo, hi)
+
+    return interval
 
 
-def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 4.0):
-    fig, axes = plt.subplots(
-        n_rows,
-        n_cols,
-        figsize=(width * n_cols, height * n_rows),
-        squeeze=False,
-        sharey=True,
-        constrained_layout=True,
-    )
-    return fig, axes
+def _scale(metric: str) -> float:
+    return 100.0 if metric.endswith("acc") else 1.0
 
 
-def _percent_axis(ax: plt.Axes, remaining: np.ndarray) -> None:
-    """Log x axis of % weights remaining, dense (100%) at the left as in the Lottery Ticket papers."""
+def _clip(metric: str) -> tuple[float, float] | None:
+    return (0, 100) if metric.endswith("acc") else None  # what an accuracy in % can be
+
+
+def _percent_log_axis(ax: plt.Axes, smallest: float) -> None:
+    """Log x axis in %, 100 at the left, ticks at round values down to the smallest point."""
+    lo = max(float(smallest), 1e-3)
     ax.set_xscale("log")
-    lo = max(float(np.nanmin(remaining)), 1e-3)
-    ax.set_xlim(105, lo / 1.25)
-    dense_ticks = lo >= 10  # less than a decade: room for more ticks
-    candidates = (
-        (100, 80, 60, 50, 40, 30, 20, 15, 10)
-        if dense_ticks
-        else (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
-    )
-    ticks = [t for t in candidates if t >= lo / 1.3]
-    ax.xaxis.set_major_locator(plt.FixedLocator(ticks))
+    ax.set_xlim(110, lo / 1.3)
+    ticks = (100, 80, 60, 50, 40, 30, 20, 15, 10) if lo >= 10 else (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
+    ax.xaxis.set_major_locator(FixedLocator([t for t in ticks if t >= lo / 1.3]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(LogLocator(subs="auto"))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _mark_dense(g: sns.FacetGrid, data: pd.DataFrame, x: str, y: str, groups: list[str], colors) -> None:
+    """A star and a dotted line at each group's dense mean, in the group's colour, on every panel.
+
+    Stars of equal accuracy would hide each other, so they are concentric: the first group's is the
+    largest and drawn lowest. Stars have gid "dense", the dotted lines "dense level" (tests and users find them).
+    """
+    for ax_key, sub in g.facet_data():
+        ax = g.facet_axis(*ax_key[:2])
+        dense = sub[sub[LEVEL] == 0]
+        if dense.empty:
+            continue
+        means = dense.groupby(groups, dropna=False)[[x, y]].mean() if groups else dense[[x, y]].mean().to_frame().T
+        sizes = np.linspace(17, 7, len(means)) if len(means) > 1 else [13]
+        for size, (key, row) in zip(sizes, means.iterrows()):
+            name = str(key[0] if isinstance(key, tuple) else key)
+            color = colors.get(name, "black") if colors and groups else "black"
+            ax.axhline(row[y], color=color, ls=":", lw=1.1, alpha=0.8, zorder=1, gid="dense level")
+            ax.plot([row[x]], [row[y]], "*", color=color, ms=size, mec="black", mew=0.6, zorder=10 + 20 - size,
+                    gid="dense", linestyle="none")
 
 
 def plot_tradeoff(
     df: pd.DataFrame,
-    hue: str = "init",
-    style: str | None = "pruner",
-    col: Facet = ("dataset", "model"),
-    row: Facet = None,
+    hue: str | None = "auto",
+    style: str | None = "auto",
+    col: Facet = "auto",
+    row: Facet = "auto",
     metric: str = "test_acc",
     x: str = "remaining",
     confidence: float = 0.95,
+    colors: dict | None = None,
     title: str | None = None,
-) -> plt.Figure:
-    """Mean `metric` against sparsity, one line per `hue` (and `style`) value, a CI band over seeds.
+) -> sns.FacetGrid:
+    """Mean `metric` over seeds against sparsity, one line per hue (and style) value, a t band over seeds.
 
-    x: "remaining" (% of weights remaining, log scale, the Lottery Ticket convention) or "sparsity"
-    (linear, %). The dense level (target 0) is a filled star on each line and a dotted horizontal line in
-    its colour across the panel. Columns of the condition that are neither hue, style nor a facet but take
-    several values are pooled, with a warning.
+    x: "remaining" (% of weights remaining, log scale), "sparsity" (linear, %) or "flops" (forward FLOPs
+    per sample of the nonzero weights, % of dense, log scale; needs the levels' flops_dense and
+    flops_nonzero). "auto" roles come from `default_roles`. Returns the FacetGrid.
     """
-    if x not in ("remaining", "sparsity"):
-        raise ValueError(f"x={x!r}: use 'remaining' (log % of weights remaining) or 'sparsity' (linear %)")
-    cols, rows, styles = _cols(col), _cols(row), _cols(style)
-    keys = list(dict.fromkeys([hue, *styles, *cols, *rows]))
-    pooled = _pooled(df, keys)
-    if pooled:
-        warnings.warn(
-            f"plot_tradeoff pools over {pooled}, which vary in the table: pass them as hue, style, "
-            f"col or row, or filter the table",
-            stacklevel=2,
-        )
-    summary = summarize(df, metric, keys, confidence)
-    scale = _scale(metric, df[metric])
-    summary[["mean", "ci_low", "ci_high"]] *= scale
-    if metric.endswith("acc"):  # an interval of few seeds can overshoot what an accuracy can be
-        summary[["ci_low", "ci_high"]] = summary[["ci_low", "ci_high"]].clip(0, 100 if scale == 100 else 1)
-    summary["x"] = (1 - summary[LEVEL]) * 100 if x == "remaining" else summary[LEVEL] * 100
-    col_vals = sorted(summary.apply(_label, axis=1, cols=cols).unique()) if cols else [""]
-    row_vals = sorted(summary.apply(_label, axis=1, cols=rows).unique()) if rows else [""]
-    hue_vals = sorted(summary[hue].astype(str).unique())
-    style_vals = sorted(summary.apply(_label, axis=1, cols=styles).unique()) if styles else [""]
-    color = dict(zip(hue_vals, itertools.cycle(COLORS)))
-    dash = {v: (DASHES[i % len(DASHES)], MARKERS[i % len(MARKERS)]) for i, v in enumerate(style_vals)}
-    fig, axes = _grid(len(row_vals), len(col_vals), width=7.0 if len(col_vals) == 1 else 5.5, height=4.8)
-    summary["_col"] = summary.apply(_label, axis=1, cols=cols) if cols else ""
-    summary["_row"] = summary.apply(_label, axis=1, cols=rows) if rows else ""
-    summary["_style"] = summary.apply(_label, axis=1, cols=styles) if styles else ""
-    for (r, rv), (c, cv) in itertools.product(enumerate(row_vals), enumerate(col_vals)):
-        ax = axes[r, c]
-        panel = summary[(summary["_row"] == rv) & (summary["_col"] == cv)]
-        n_lines = panel.groupby([panel[hue].astype(str), "_style"]).ngroups
-        band_alpha = max(0.05, 0.2 / max(1.0, n_lines / 2) ** 0.5)  # many overlapping bands stay see-through
-        for (h, s), line in panel.groupby([panel[hue].astype(str), "_style"], sort=True):
-            line = line.sort_values(LEVEL)
-            ls, marker = dash[s]
-            label = " · ".join(v for v in (h, s if len(style_vals) > 1 else "") if v)
-            ax.plot(line["x"], line["mean"], ls, marker=marker, color=color[h], lw=2, ms=5, label=label)
-            ax.fill_between(
-                line["x"], line["ci_low"], line["ci_high"], color=color[h], alpha=band_alpha, lw=0
-            )
-            dense = line[line[LEVEL] == 0]
-            if not dense.empty:
-                ax.axhline(dense["mean"].iloc[0], color=color[h], ls=":", lw=1.2, alpha=0.8)
-                ax.plot(dense["x"], dense["mean"], "*", color=color[h], ms=13, mec="black", mew=0.6, zorder=5)
-        if x == "remaining" and not panel.empty:
-            _percent_axis(ax, panel["x"].to_numpy())
-        ax.grid(True, which="major", alpha=0.3)
-        ax.set_title(_wrap(" — ".join(v for v in (rv, cv) if v)), fontsize=11)
-        if r == len(row_vals) - 1:
-            ax.set_xlabel("weights remaining (%, log scale)" if x == "remaining" else "sparsity (%)")
-        if c == 0:
-            ax.set_ylabel(LABELS.get(metric, metric))
-    dense_handle = plt.Line2D([], [], ls=":", marker="*", color="gray", ms=11, mec="black", mew=0.6)
-    _legend(
-        fig,
-        axes,
-        " · ".join([hue, *([style] if styles and len(style_vals) > 1 else [])]),
-        extra=[(dense_handle, "dense baseline")],
+    if x not in X_LABELS:
+        raise ValueError(f"x={x!r}: use 'remaining' (log % of weights remaining), 'sparsity' (linear %) or 'flops'")
+    hue, style, cols, rows = resolve_roles(df, hue, style, col, row)
+    keys = list(dict.fromkeys(k for k in [hue, style, *cols, *rows] if k))
+    data = per_seed(df, metric, keys)
+    data[metric] *= _scale(metric)
+    if x == "flops":
+        if not {"flops_dense", "flops_nonzero"} <= set(df.columns):
+            raise ValueError("x='flops' needs the levels' flops_dense and flops_nonzero (prune_lab >= payoff)")
+        share = (df["flops_nonzero"] / df["flops_dense"] * 100).groupby([df[k] for k in [*keys, LEVEL]], dropna=False)
+        data = data.merge(share.mean().rename("x").reset_index(), on=[*keys, LEVEL], how="left")
+    else:
+        data["x"] = (1 - data[LEVEL]) * 100 if x == "remaining" else data[LEVEL] * 100
+    colors = colors or palette(data, hue)
+    if hue:
+        data[hue] = data[hue].map(str)
+    col_var, row_var = _facet(data, cols), _facet(data, rows)
+    g = sns.relplot(
+        data=data, x="x", y=metric, hue=hue, style=style, col=col_var, row=row_var, kind="line",
+        errorbar=t_errorbar(confidence, _clip(metric)), markers=True,
+        palette=colors, hue_order=list(colors) if colors else None, height=4.2, aspect=1.25,
+        err_kws={"alpha": 0.15, "lw": 0}, facet_kws={"margin_titles": bool(row_var)},
     )
-    n = summary.loc[summary[LEVEL] > 0, "n_seeds"]
-    fig.suptitle(
-        title
-        or f"{LABELS.get(metric, metric)} vs sparsity\nmean over seeds (n={_nrange(n)}), "
-        f"band = {confidence:.0%} t-interval",
-        fontsize=12,
+    _mark_dense(g, data, "x", metric, [hue] if hue else [], colors)
+    if x != "sparsity":
+        for ax in g.axes.flat:
+            _percent_log_axis(ax, data["x"].min())
+    g.set_axis_labels(X_LABELS[x], LABELS.get(metric, metric))
+    n = data[data[LEVEL] > 0].groupby([*keys, LEVEL], dropna=False)[SEED].nunique()
+    g.figure.suptitle(
+        title or f"{LABELS.get(metric, metric)} vs {X_LABELS[x].split(' (')[0]}: mean over seeds "
+        f"(n = {_nrange(n)}); band = {confidence:.0%} t-interval; ★ and dotted line = dense",
+        y=1.03,
     )
-    return fig
+    return g
 
 
 def _nrange(n: pd.Series) -> str:
@@ -183,178 +219,118 @@ def _nrange(n: pd.Series) -> str:
     return str(int(n.min())) if n.min() == n.max() else f"{int(n.min())}–{int(n.max())}"
 
 
-def plot_training(
-    curves: pd.DataFrame,
-    hue: str = "init",
-    style: str | None = "pruner",
-    col: Facet = "phase",
-    row: Facet = "run_target_sparsity",
-    metric: str = "val_acc",
+def plot_ticket(
+    df: pd.DataFrame, hue: str | None = "auto", style: str | None = "auto", colors: dict | None = None,
     confidence: float = 0.95,
-) -> plt.Figure:
-    """Per-epoch `metric` of `load_curves(runs)`: mean and CI band over seeds, one line per hue (and style).
+) -> sns.FacetGrid:
+    """The Lottery Ticket paper's Figure 4 view of IMP runs: test accuracy and the early-stopping epoch
+    (the epoch of the best validation accuracy in the phase that made the level) against % remaining.
 
-    Default facets: one column per training phase (dense, finetune, rounds...), one row per run target
-    sparsity, so each row is the path of the runs that ended at that level.
+    `df` needs an `early_stop_epoch` column (`multirun_analysis.early_stopping`).
     """
-    cols, rows, styles = _cols(col), _cols(row), _cols(style)
-    keys = list(dict.fromkeys([hue, *styles, *cols, *rows]))
-    pooled = [c for c in _pooled(curves, keys) if c != "run_target_sparsity"]
-    if pooled:
-        warnings.warn(
-            f"plot_training pools over {pooled}, which vary in the table: pass them as hue, style, "
-            f"col or row, or filter the table",
-            stacklevel=2,
-        )
+    hue, style, cols, rows = resolve_roles(df, hue, style, None, None)
+    keys = list(dict.fromkeys(k for k in [hue, style, *rows] if k))
+    acc = per_seed(df, "test_acc", keys).rename(columns={"test_acc": "value"}).assign(value=lambda d: d.value * 100)
+    stop = per_seed(df, "early_stop_epoch", keys).rename(columns={"early_stop_epoch": "value"})
+    data = pd.concat([acc.assign(panel="test accuracy (%)"), stop.assign(panel="early-stopping epoch")])
+    data["x"] = (1 - data[LEVEL]) * 100
+    colors = colors or palette(data, hue)
+    if hue:
+        data[hue] = data[hue].map(str)
+    g = sns.relplot(
+        data=data, x="x", y="value", hue=hue, style=style, col="panel", row=_facet(data, rows), kind="line",
+        errorbar=t_errorbar(confidence, None), markers=True, palette=colors,
+        hue_order=list(colors) if colors else None, height=3.8, aspect=1.2, err_kws={"alpha": 0.15, "lw": 0},
+        facet_kws={"sharey": False},
+    )
+    for ax in g.axes.flat:
+        _percent_log_axis(ax, data["x"].min())
+    g.set_titles("{col_name}")
+    g.set_axis_labels(X_LABELS["remaining"], "")
+    g.figure.suptitle("IMP: the winning-ticket view (Frankle & Carbin, Fig. 4): mean over seeds, "
+                      f"band = {confidence:.0%} t-interval", y=1.04)
+    return g
+
+
+def plot_training(
+    curves: pd.DataFrame, hue: str | None = "auto", style: str | None = "auto", metric: str = "val_acc",
+    colors: dict | None = None, confidence: float = 0.95,
+) -> sns.FacetGrid:
+    """Per-epoch `metric` of `load_curves(runs)`, one panel per training phase, mean and t band over seeds.
+
+    Panels: "dense" once (every run of a seed shares its dense phase), then each later phase by the run's
+    target ("finetune · run target 80%", "round-2 · run target 80%").
+    """
+    hue, style, _, rows = resolve_roles(curves, hue, style, None, None)
+    rows = [r for r in rows if r != "run_target_sparsity"]
+    keys = list(dict.fromkeys(k for k in [hue, style, *rows] if k))
     data = curves.dropna(subset=[metric]).copy()
-    data[LEVEL] = data["epoch"]  # summarize's x: here the epoch of the phase
-    summary = summarize(data, metric, keys, confidence)
-    scale = _scale(metric, data[metric])
-    summary[["mean", "ci_low", "ci_high"]] *= scale
-    if metric.endswith("acc"):
-        summary[["ci_low", "ci_high"]] = summary[["ci_low", "ci_high"]].clip(0, 100 if scale == 100 else 1)
-    for name, spec in (("_col", cols), ("_row", rows), ("_style", styles)):
-        summary[name] = summary.apply(_label, axis=1, cols=spec) if spec else ""
-    col_vals = list(dict.fromkeys(summary["_col"]))
-    if cols == ["phase"]:  # phases in the order the runs went through them
-        col_vals = [p for p in dict.fromkeys(curves["phase"]) if p in col_vals]
-    row_vals = sorted(summary["_row"].unique())
-    style_vals = sorted(summary["_style"].unique())
-    color = dict(zip(sorted(summary[hue].astype(str).unique()), itertools.cycle(COLORS)))
-    dash = {v: DASHES[i % len(DASHES)] for i, v in enumerate(style_vals)}
-    # each row shows only the columns it has (an IMP run has more phases than a one-shot run)
-    row_cols = {
-        rv: [cv for cv in col_vals if ((summary["_row"] == rv) & (summary["_col"] == cv)).any()]
-        for rv in row_vals
-    }
-    fig, axes = _grid(len(row_vals), max(map(len, row_cols.values())), width=4.2, height=2.8)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    panels = [(r, c, rv, cv) for r, rv in enumerate(row_vals) for c, cv in enumerate(row_cols[rv])]
-    for r, c, rv, cv in panels:
-        ax = axes[r, c]
-        ax.set_visible(True)
-        panel = summary[(summary["_row"] == rv) & (summary["_col"] == cv)]
-        for (h, s), line in panel.groupby([panel[hue].astype(str), "_style"], sort=True):
-            line = line.sort_values(LEVEL)
-            label = " · ".join(v for v in (h, s if len(style_vals) > 1 else "") if v)
-            ax.plot(line[LEVEL], line["mean"], dash[s], marker="o", color=color[h], lw=1.8, ms=3, label=label)
-            ax.fill_between(line[LEVEL], line["ci_low"], line["ci_high"], color=color[h], alpha=0.12, lw=0)
+    target = data["run_target_sparsity"].map(lambda t: f"{t * 100:.4g}%" if isinstance(t, (int, float)) else "?")
+    data["phase"] = data["phase"].where(data["phase"] == "dense", data["phase"] + " · run target " + target)
+    order = list(dict.fromkeys(data.sort_values("run_target_sparsity", kind="stable")["phase"]))
+    order = ["dense", *[p for p in order if p != "dense"]] if "dense" in order else order
+    data = data.groupby([*keys, SEED, "phase", "epoch"], dropna=False)[metric].mean().reset_index()
+    data[metric] *= _scale(metric)
+    colors = colors or palette(data, hue)
+    if hue:
+        data[hue] = data[hue].map(str)
+    row_var = _facet(data, rows)
+    g = sns.relplot(
+        data=data, x="epoch", y=metric, hue=hue, style=style, col="phase", col_order=order, row=row_var,
+        col_wrap=None if row_var else min(4, len(order)), kind="line", palette=colors,
+        hue_order=list(colors) if colors else None, errorbar=t_errorbar(confidence, _clip(metric)),
+        height=2.8, aspect=1.3, err_kws={"alpha": 0.15, "lw": 0}, facet_kws={"sharex": False},
+    )
+    g.set_titles("{col_name}" if not row_var else "{row_name} | {col_name}")
+    g.set_axis_labels("epoch of the phase", LABELS.get(metric, metric))
+    for ax in g.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-        # the row's label once, on its first panel; every panel names its column (the phase)
-        head = _wrap(f"{' / '.join(rows)}: {rv}", 45) + "\n" if rows and c == 0 else ""
-        ax.set_title(head + (f"{'/'.join(cols)}: {cv}" if cols else ""), fontsize=9, loc="left")
-        ax.set_xlabel("epoch of the phase")
-        if c == 0:
-            ax.set_ylabel(LABELS.get(metric, metric))
-    _legend(fig, axes, " · ".join([hue, *([style] if styles and len(style_vals) > 1 else [])]))
-    fig.suptitle(
-        f"training curves: {LABELS.get(metric, metric)}, mean over seeds, band = {confidence:.0%} t-interval",
-        fontsize=11,
-    )
-    return fig
-
-
-def _wrap(text: str, width: int = 60) -> str:
-    """Long facet titles (several swept keys) broken at their commas and separators."""
-    lines, line = [], ""
-    for part in text.replace(" — ", " —\x00").replace(",", ",\x00").split("\x00"):
-        if line and len(line) + len(part) > width:
-            lines.append(line.rstrip())
-            line = ""
-        line += part
-    return "\n".join([*lines, line.rstrip()])
-
-
-def _legend(fig: plt.Figure, axes: np.ndarray, title: str, extra: list | None = None, order=None) -> None:
-    """One legend for all panels, below them (the union of every panel's lines, in `order` if given)."""
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    if order is not None:
-        rank = {label: i for i, label in enumerate(order)}
-        pairs = sorted(zip(handles, labels), key=lambda hl: rank.get(hl[1], len(rank)))
-        handles, labels = [h for h, _ in pairs], [label for _, label in pairs]
-    for h, label in extra or []:
-        handles.append(h)
-        labels.append(label)
-    fig.legend(
-        handles,
-        labels,
-        title=title,
-        loc="outside lower center",
-        frameon=False,
-        ncol=min(len(labels), max(2, 3 * axes.shape[1])),
-    )
+    g.figure.suptitle(f"training curves: {LABELS.get(metric, metric)}, mean over seeds, "
+                      f"band = {confidence:.0%} t-interval", y=1.03)
+    return g
 
 
 def plot_layers(
-    layers: pd.DataFrame, hue: str = "target_level", col: Facet = ("model", "pruner"), row: Facet = None
-) -> plt.Figure:
-    """Measured sparsity of each prunable layer (x, in model order) per level, mean over runs.
+    layers: pd.DataFrame, hue: str | None = "auto", colors: dict | None = None, names: dict | None = None,
+) -> sns.FacetGrid:
+    """Measured sparsity of each prunable layer (x, in model order), one panel per target level, per method.
 
-    `layers` is `load_sweep(...).layers` merged with the runs' columns; dense levels are left out. Global
-    pruning shows how its single threshold spreads the zeros; layer-wise pruning gives flat lines.
+    `layers` is `load_sweep(...).layers`; dense levels are left out. `names` maps a layer to its readable
+    label (`layer_labels`). Points are the mean over runs, bars the min–max: global pruning shows how its
+    single threshold spreads the zeros, layer-wise pruning gives flat lines at the target.
     """
-    data = layers[layers["target_level"] > 0]
-    cols, rows = _cols(col), _cols(row)
-    data = data.assign(
-        _col=data.apply(_label, axis=1, cols=cols) if cols else "",
-        _row=data.apply(_label, axis=1, cols=rows) if rows else "",
-    )
-    col_vals, row_vals = sorted(data["_col"].unique()) or [""], sorted(data["_row"].unique()) or [""]
-    hue_vals = sorted(data[hue].unique())
-    color = dict(zip(hue_vals, itertools.cycle(COLORS)))
-    fig, axes = _grid(
-        len(row_vals), len(col_vals), width=max(4.5, 0.9 * data["layer"].nunique() + 2), height=3.6
-    )
-    for (r, rv), (c, cv) in itertools.product(enumerate(row_vals), enumerate(col_vals)):
-        ax = axes[r, c]
-        panel = data[(data["_row"] == rv) & (data["_col"] == cv)]
-        order = panel.groupby("layer")["layer_index"].min().sort_values().index.tolist()
-        for h in hue_vals:
-            part = panel[panel[hue] == h]
-            if part.empty:
-                continue
-            mean = part.groupby("layer")["sparsity"].agg(["mean", "min", "max"]).reindex(order) * 100
-            xs = np.arange(len(order))
-            ax.plot(
-                xs,
-                mean["mean"],
-                "-o",
-                color=color[h],
-                lw=1.8,
-                label=f"{h * 100:.3g}%" if hue == "target_level" else str(h),
-            )
-            ax.fill_between(xs, mean["min"], mean["max"], color=color[h], alpha=0.15, lw=0)
-            if hue == "target_level":
-                ax.axhline(h * 100, color=color[h], ls=":", lw=1)
-        ax.set_xticks(np.arange(len(order)), [_short(n) for n in order], rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(-2, 102)
-        ax.grid(True, alpha=0.3)
-        ax.set_title(_wrap(" — ".join(v for v in (rv, cv) if v), 50), fontsize=10)
-        if c == 0:
-            ax.set_ylabel("layer sparsity (%)")
-    _legend(
-        fig,
-        axes,
-        "target sparsity" if hue == "target_level" else hue,
-        order=[f"{h * 100:.3g}%" if hue == "target_level" else str(h) for h in hue_vals],
-    )
-    fig.suptitle("per-layer sparsity (mean; band = min–max over runs; dotted = target)", fontsize=11)
-    return fig
+    data = layers[layers[LEVEL] > 0].copy()
+    hue, _, cols, rows = resolve_roles(data, hue, None, None, None)
+    data["layer"] = data["layer"].map(lambda n: (names or {}).get(n, n))
+    order = data.groupby("layer")["layer_index"].min().sort_values().index.tolist()
+    data["sparsity"] *= 100
+    data["target"] = data[LEVEL].map(lambda t: f"{t * 100:.4g}% target")
+    targets = [f"{t * 100:.4g}% target" for t in sorted(data[LEVEL].unique())]
+    colors = colors or palette(data, hue)
+    if hue:
+        data[hue] = data[hue].map(str)
+    keys = [k for k in rows if k != hue and k != LEVEL and k != "run_target_sparsity"]
+    row_var = _facet(data, keys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # seaborn on a single-category hue
+        g = sns.catplot(
+            data=data, x="layer", y="sparsity", hue=hue, col="target", col_order=targets, row=row_var, order=order,
+            kind="point", errorbar=("pi", 100), dodge=0.3 if hue else False, palette=colors,
+            hue_order=list(colors) if colors else None, height=3.4, aspect=max(1.0, 0.35 * len(order)),
+            col_wrap=None if row_var else min(4, len(targets)),
+        )
+    for ax in g.axes.flat:
+        ax.set_ylim(-3, 103)
+        ax.tick_params(axis="x", rotation=25)
+    g.set_titles("{col_name}" if not row_var else "{row_name} | {col_name}")
+    g.set_axis_labels("layer", "layer sparsity (%)")
+    g.figure.suptitle("per-layer sparsity: mean over runs, bars = min–max", y=1.04)
+    return g
 
 
-def _short(name: str) -> str:
-    return name[: -len(".weight")] if name.endswith(".weight") else name
-
-
-def save(fig: plt.Figure, stem: str | Path, dpi: int = 150) -> list[Path]:
-    """Write `stem`.png and `stem`.pdf; close the figure. Returns the two paths."""
+def save(g: sns.FacetGrid | plt.Figure, stem: str | Path, dpi: int = 150) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf of a FacetGrid or Figure; close it. Returns the two paths."""
+    fig = getattr(g, "figure", g)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]

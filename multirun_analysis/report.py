@@ -1,39 +1,45 @@
-"""`write_report`: the tables, figures and the answer in sentences, as REPORT_DIR/report.md.
+"""`write_report`: the answer first, then the tables, the figures and the runs with problems, as report.md.
 
-The answer: at each sparsity level, the best init scheme by mean accuracy and whether its lead over the
-runner-up is significant in a paired test over seeds; each scheme's robustness (area under its curve and
-critical sparsity); and every run that could not be read, with its folder and reason.
+Accuracy is in % everywhere in the report, intervals are clipped to [0, 100]. The answer compares
+whatever varies between the runs (the hue: init in an init study, pruner in a pruner study, train.lr
+when lr varies): at the highest sparsity level every compared group reached, the best group's mean and
+interval, and each other group's difference with its paired t-test over seeds after Holm's correction
+over every test in the report. Checks follow: curves whose runs differ in training budget, code version
+(git commit) or torch version are flagged, and each level's total training budget is stated.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from multirun_analysis.loading import Sweep, load_curves
-from multirun_analysis.plots import Facet, plot_layers, plot_tradeoff, plot_training, save
-from multirun_analysis.stats import (
-    LEVEL,
-    compare,
-    condition_columns,
-    paired_test,
-    robustness,
-    robustness_per_seed,
-    summarize,
+from multirun_analysis.loading import CHOICES, Sweep, early_stopping, layer_labels, read_curves
+from multirun_analysis.plots import (
+    Facet,
+    palette,
+    plot_layers,
+    plot_ticket,
+    plot_tradeoff,
+    plot_training,
+    resolve_roles,
+    save,
 )
+from multirun_analysis.stats import LEVEL, compare, curve_columns, robustness, summarize, varying
 
 CAVEAT = (
-    "Seeds are the unit of replication: each test pairs the two schemes' runs of the same seed. With n seeds "
-    "the paired t-test has n-1 degrees of freedom and assumes normally distributed differences, so with fewer "
-    "than about 5 seeds its p-values are rough and a real difference is easily missed; the Wilcoxon "
-    "signed-rank test makes no normality assumption but cannot reach p < 0.05 with fewer than 6 seeds. Several "
-    "levels are tested without correction for multiple comparisons."
+    "Seeds are the unit of replication: each test pairs two groups' runs of the same seed (paired t-test, "
+    "n-1 degrees of freedom, normal differences assumed; with fewer than about 5 seeds p-values are rough "
+    "and real differences are easily missed). Significance is decided after Holm's correction over all "
+    "{tests} in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
+    "Wilcoxon p-values beside them are uncorrected and cannot reach 0.05 with fewer than 6 seeds."
 )
+# Checks of a curve: run columns that must agree between the runs averaged into one curve.
+SAME_WITHIN_CURVE = {"git_commit": "code version (git commit)", "torch_version": "torch version",
+                     "budget": "configured training budget"}
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -50,134 +56,125 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join([head, rule, *body])
 
 
-def _context_name(row: pd.Series, cols: Sequence[str]) -> str:
-    parts = [
-        f"{row[c]}" for c in cols if not (isinstance(row[c], float) and math.isnan(row[c])) and row[c] != ""
-    ]
-    return " / ".join(parts)
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.4g}%"
 
 
-def _pct(level: float) -> str:
-    return f"{level * 100:.4g}%"
+def _name(row: pd.Series, cols: Sequence[str]) -> str:
+    """"pruner=magnitude, train.lr=0.01": the values of `cols` in a row, NaN left out."""
+    return ", ".join(f"{c}={row[c]}" for c in cols if not pd.isna(row[c]))
 
 
-def _groups(df: pd.DataFrame, context: Sequence[str]):
-    """(context name, rows) per context, in sorted order; one unnamed group without context columns."""
-    if not context:
-        return [("", df)]
-    return [
-        (_context_name(g.iloc[0], context), g) for _, g in df.groupby(list(context), dropna=False, sort=True)
-    ]
-
-
-def _level_sentence(row: pd.Series, metric: str, scale: float, unit: str) -> str:
-    lead = (row["best_mean"] - row["runner_up_mean"]) * scale
-    where = f"At sparsity {_pct(row[LEVEL])}{' (dense)' if row[LEVEL] == 0 else ''}"
-    if row["n_pairs"] >= 1 and row["mean_diff"] == 0 and math.isnan(row["p_wilcoxon"]):
-        return f"- {where}, **{row['best']}** and {row['runner_up']} tie: the same {metric} on every seed."
-    if abs(lead) < 1e-9:
-        return (
-            f"- {where}, **{row['best']}** and {row['runner_up']} tie in the mean ({metric} "
-            f"{row['best_mean'] * scale:.4g}); no scheme leads."
-        )
-    if row["n_pairs"] < 2:
-        verdict = f"untested (only {row['n_pairs']} seed(s) in common)"
-    else:
-        sig = "**significant**" if row["significant"] else "not significant"
-        verdict = (
-            f"{sig} (paired t-test p = {row['p_t']:.3g}, Wilcoxon p = {row['p_wilcoxon']:.3g}, "
-            f"n = {row['n_pairs']} seeds)"
-        )
-    return (
-        f"- {where}, **{row['best']}** is best with mean {metric} {row['best_mean'] * scale:.4g}; its lead "
-        f"of {lead:.3g}{unit} over {row['runner_up']} is {verdict}."
-    )
-
-
-def _robust_sentence(row: pd.Series, hue: str, metric: str, scale: float) -> str:
-    crit = (
-        "not defined (no dense level)"
-        if math.isnan(row["critical_sparsity"])
-        else _pct(row["critical_sparsity"])
-    )
-    spread = ""
-    if row["n_seeds"] > 1:
-        spread = (
-            f" (per seed: mean {_pct(row['critical_seed_mean'])}, sd {_pct(row['critical_seed_std'])}, "
-            f"range {_pct(row['critical_seed_min'])}–{_pct(row['critical_seed_max'])}, n = {row['n_seeds']})"
-        )
-    return (
-        f"- {row[hue]}: area {row['auc']:.4g} over sparsity 0–{_pct(row['max_level'])} (a mean {metric} of "
-        f"{row['auc_norm'] * scale:.4g} across it); critical sparsity {crit}{spread}."
-    )
-
-
-def _auc_test(per_seed_auc: pd.DataFrame, hue: str, top: pd.Series, second: pd.Series) -> str:
-    """The paired test of two schemes' per-seed areas, in words."""
-    mine = per_seed_auc
-    for c in [c for c in per_seed_auc.columns if c not in (hue, "seed", "auc", "critical")]:
-        mine = mine[(mine[c] == top[c]) | (mine[c].isna() & pd.isna(top[c]))]
-    wide = mine.pivot_table(index="seed", columns=hue, values="auc") if not mine.empty else pd.DataFrame()
-    if top[hue] not in wide or second[hue] not in wide:
-        return "no seeds in common to test the lead"
-    pair = wide[[top[hue], second[hue]]].dropna()
-    test = paired_test(pair[top[hue]], pair[second[hue]])
-    if test["n_pairs"] < 2 or math.isnan(test["p_t"]):
-        return f"the per-seed areas cannot be tested (n = {test['n_pairs']})"
-    sig = "**significant**" if test["p_t"] < 0.05 else "not significant"
-    return f"the lead is {sig} (paired t-test on per-seed areas p = {test['p_t']:.3g}, n = {test['n_pairs']})"
-
-
-def answer_sentences(
-    comparisons: pd.DataFrame,
-    robust: pd.DataFrame,
-    hue: str,
-    metric: str,
-    context: Sequence[str],
-    tolerance: float,
-    per_seed_auc: pd.DataFrame | None = None,
+def answer(
+    summary: pd.DataFrame, comparisons: pd.DataFrame, hue: str, context: Sequence[str], metric: str = "test_acc",
 ) -> list[str]:
-    """The findings in sentences, per context (e.g. pruner): the most robust scheme, each level's best
-    scheme and its paired test, and every scheme's area and critical sparsity."""
-    scale, unit = (100, " points") if metric.endswith("acc") else (1, "")
-    tol = f"{tolerance * scale:g}{' point' if unit and tolerance * scale == 1 else unit}"
+    """One sentence per context: at the highest sparsity every `hue` group reached, the best group's mean
+    (95% interval) and each other group's difference, significance after Holm, p and n."""
+    unit = "%" if metric.endswith("acc") else ""
+    scale = 100 if unit else 1
     lines = []
-    per_seed_auc = pd.DataFrame(columns=["seed", "auc"]) if per_seed_auc is None else per_seed_auc
-    robust_by = dict(_groups(robust, context))
-    compared = dict(_groups(comparisons, context)) if not comparisons.empty else {}
-    for name in dict.fromkeys([*compared, *robust_by]):  # a context with one scheme has no comparison
-        if name:
-            lines += ["", f"**{name}**", ""]
-        ranked = robust_by.get(name, robust.iloc[:0]).sort_values("auc", ascending=False)
-        if len(ranked) > 1:
-            top, second = ranked.iloc[0], ranked.iloc[1]
-            lines.append(
-                f"Most robust `{hue}` by area under the curve: **{top[hue]}** ({top['auc']:.4g}), ahead "
-                f"of {second[hue]} ({second['auc']:.4g}); {_auc_test(per_seed_auc, hue, top, second)}."
-            )
-            lines.append("")
-        if name in compared:
-            levels = compared[name].sort_values(LEVEL)
-            lines += [_level_sentence(row, metric, scale, unit) for _, row in levels.iterrows()]
-        else:
-            lines.append(f"- Only one `{hue}` here: nothing to compare.")
-        if not ranked.empty:
-            lines += [
-                "",
-                f"Robustness (area under the {metric}–sparsity curve of the mean; critical sparsity = "
-                f"highest level whose mean {metric} is within {tol} of the dense mean):",
-                "",
-            ]
-            lines += [_robust_sentence(row, hue, metric, scale) for _, row in ranked.iterrows()]
+    groups = summary.groupby(list(context), dropna=False, sort=True) if context else [((), summary)]
+    for key, part in groups:
+        where = _name(part.iloc[0], context) if context else ""
+        shared = part.groupby(LEVEL)[hue].nunique()
+        shared = shared[shared == part[hue].nunique()].index
+        if part[hue].nunique() < 2 or shared.empty:
+            continue
+        level = max(shared)
+        at = part[part[LEVEL] == level].sort_values("mean", ascending=False)
+        best = at.iloc[0]
+        label = (lambda v: str(v)) if hue in (*CHOICES, "branch") else (lambda v: f"{hue}={v}")  # 0.01 -> train.lr=0.01
+        ci = f"95% CI {best['ci_low'] * scale:.1f}–{best['ci_high'] * scale:.1f}" if best["n_seeds"] > 1 else "1 seed"
+        head = f"At {_pct(level)} sparsity{' (dense)' if level == 0 else ''}"
+        head += f" ({where})" if where else ""
+        what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric)
+        mean = f"{best['mean'] * scale:.1f}{unit}"
+        text = f"{head}, **{label(best[hue])}** keeps {mean} {what} ({ci}, n = {best['n_seeds']})"
+        others = []
+        for _, other in at.iloc[1:].iterrows():
+            test = _test(comparisons, context, key, level, best[hue], other[hue])
+            diff = (best["mean"] - other["mean"]) * scale
+            mean = f"{other['mean'] * scale:.1f}{unit}"
+            others.append(f"{diff:.1f} points above **{label(other[hue])}** ({mean}; {test})")
+        lines.append(f"- {text}: " + "; ".join(others) + ".")
     return lines
+
+
+def _test(comparisons: pd.DataFrame, context, key, level, a, b) -> str:
+    if comparisons.empty:
+        return "not tested"
+    rows = comparisons[(comparisons[LEVEL] == level) & (comparisons["higher"] == a) & (comparisons["lower"] == b)]
+    for c, v in zip(context, key if isinstance(key, tuple) else (key,)):
+        rows = rows[(rows[c] == v) | (rows[c].isna() & pd.isna(v))]
+    if rows.empty or math.isnan(rows.iloc[0]["p_holm"]):
+        n = int(rows.iloc[0]["n_pairs"]) if not rows.empty else 0
+        return f"not testable with {n} paired seed(s)"
+    row = rows.iloc[0]
+    verdict = "**significant**" if row["significant"] else "not significant"
+    p = "p < 0.001" if row["p_holm"] < 0.001 else f"p = {row['p_holm']:.2g}"
+    return f"{verdict} after Holm correction, {p}, n = {row['n_pairs']} seeds"
+
+
+def trust_flags(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """One line per curve whose runs differ in what must not differ within a curve: code version, torch
+    version, configured budget, or (per level) the recorded epochs_trained."""
+    lines = []
+    for _, part in runs.groupby(list(by), dropna=False, sort=True):
+        name = _name(part.iloc[0], [c for c in by if runs[c].map(str).nunique() > 1]) or "the only curve"
+        for col, what in SAME_WITHIN_CURVE.items():
+            values = sorted(part[col].dropna().map(str).unique()) if col in part else []
+            if len(values) > 1:
+                lines.append(f"- ⚠ **{name}**: its runs have different {what}: {', '.join(values)}.")
+        if "epochs_trained" in part:
+            spread = part.groupby(LEVEL)["epochs_trained"].agg(lambda v: sorted(v.dropna().unique()))
+            for level, values in spread.items():
+                if len(values) > 1:
+                    lines.append(f"- ⚠ **{name}** at {_pct(level)}: runs trained for different budgets "
+                                 f"({', '.join(f'{v:g}' for v in values)} epochs).")
+    return lines
+
+
+def budget_table(runs: pd.DataFrame, by: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Each curve's total training epochs per level (epochs_trained), and a note when pruned levels had
+    more training than their dense baseline (a gain over dense may then come from the extra epochs)."""
+    if "epochs_trained" not in runs or runs["epochs_trained"].isna().all():
+        configured = runs.drop_duplicates("budget")["budget"].dropna().tolist() if "budget" in runs else []
+        return pd.DataFrame(), [
+            "- These runs do not record `epochs_trained` per level (older prune_lab); configured budgets: "
+            + ("; ".join(f"`{b}`" for b in configured) or "unknown") + "."]
+    table = (runs.groupby([*by, LEVEL], dropna=False)["epochs_trained"]
+             .agg(lambda v: "–".join(f"{x:g}" for x in sorted({v.min(), v.max()})) if v.notna().any() else "")
+             .reset_index())
+    notes = []
+    for _, part in runs.groupby(list(by), dropna=False):
+        dense, pruned = part.loc[part[LEVEL] == 0, "epochs_trained"], part.loc[part[LEVEL] > 0, "epochs_trained"]
+        if not dense.dropna().empty and not pruned.dropna().empty and pruned.max() > dense.max():
+            name = _name(part.iloc[0], [c for c in by if runs[c].map(str).nunique() > 1]) or "the runs"
+            notes.append(f"- {name}: pruned levels trained up to {pruned.max():g} epochs in total, the dense "
+                         f"baseline {dense.max():g}; part of any gain over dense may be the extra training.")
+    return table, notes
+
+
+def _display(summary: pd.DataFrame, shown: Sequence[str], metric: str) -> pd.DataFrame:
+    """The summary in the report's units: sparsity and accuracy in %."""
+    scale = 100 if metric.endswith("acc") else 1
+    out = summary[[*shown]].copy()
+    out["sparsity (%)"] = summary[LEVEL] * 100
+    if "mean_sparsity" in summary:
+        out["measured (%)"] = summary["mean_sparsity"] * 100
+    unit = " (%)" if scale == 100 else ""
+    for col, name in (("mean", "mean"), ("ci_low", "95% CI low"), ("ci_high", "95% CI high"), ("std", "sd")):
+        out[f"{metric} {name}{unit}"] = summary[col] * scale
+    out["n seeds"] = summary["n_seeds"]
+    return out
 
 
 def write_report(
     sweep: Sweep,
     out: str | os.PathLike,
-    hue: str = "init",
-    style: str | None = "pruner",
-    col: Facet = ("dataset", "model"),
+    hue: str | None = "auto",
+    style: str | None = "auto",
+    col: Facet = "auto",
     metric: str = "test_acc",
     x: str = "remaining",
     tolerance: float = 0.01,
@@ -186,129 +183,75 @@ def write_report(
 ) -> Path:
     """Write runs.csv/.parquet, summary.csv, robustness.csv, comparisons.csv, problems.csv, figures/ and report.md.
 
-    Returns the path of report.md. Works on a sweep with no complete run (the report then lists problems).
+    hue/style/col: "auto" takes the columns that vary (`plots.default_roles`). Returns the path of
+    report.md. Works on a sweep with no complete run (the report then lists problems).
     """
     out = Path(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    runs, problems = sweep.runs, sweep.problems
+    runs = sweep.runs
+    curves, damaged = read_curves(runs) if not runs.empty else (pd.DataFrame(), sweep.problems.iloc[:0])
+    problems = pd.concat([sweep.problems, damaged], ignore_index=True) if not damaged.empty else sweep.problems
     runs.to_csv(out / "runs.csv", index=False)
     _to_parquet(runs, out / "runs.parquet")
     problems.to_csv(out / "problems.csv", index=False)
+    complete, broken = runs["run_dir"].nunique(), problems["run_dir"].nunique()
     lines = [
         "# Sweep report",
         "",
         f"Sources: {', '.join(f'`{s}`' for s in sources) or '(given tables)'}  ",
-        f"Runs read: {runs['run_dir'].nunique()} complete, {len(problems)} not complete (listed at the end).",
+        f"Runs read: {complete} complete, {len(sweep.problems)} not complete"
+        + (f", {len(damaged)} with damaged metrics lines" if not damaged.empty else "") + " (listed at the end).",
         "",
     ]
+    figures: dict[str, str] = {}
     if not runs.empty:
-        by = condition_columns(runs)
-        context = [c for c in by if c != hue and runs[c].nunique(dropna=False) > 1]
-        shown = [c for c in by if c == hue or c in context]
+        hue, style, _, _ = resolve_roles(runs, hue, style, col, "auto")
+        by = curve_columns(runs)
+        by += [hue] if hue and hue not in by else []  # a hue outside the conditions (e.g. sweep) splits curves too
+        keys = varying(runs)
+        keys += [hue] if hue and hue not in keys else []
+        context = [c for c in by if c != hue and c in keys]
+        shown = [c for c in by if c == hue or c in keys] or [c for c in ("model", "pruner") if c in runs]
         summary = summarize(runs, metric, by)
         robust = robustness(runs, metric, by, tolerance)
-        comparisons = compare(runs, hue, metric, by, alpha)
+        comparisons = compare(runs, hue, metric, by, alpha) if hue else pd.DataFrame()
         summary.to_csv(out / "summary.csv", index=False)
         robust.to_csv(out / "robustness.csv", index=False)
         comparisons.to_csv(out / "comparisons.csv", index=False)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            # what else tells curves apart (another swept setting, a second pruner without a style) gets a row
-            facets = [*([style] if style else []), *([col] if isinstance(col, str) else col or [])]
-            extra = [c for c in context if c not in facets] or None
-            figures = {
-                "tradeoff": plot_tradeoff(runs, hue=hue, style=style, col=col, row=extra, metric=metric, x=x)
-            }
-        pooled = [str(w.message) for w in caught]
-        curves = load_curves(runs)
-        if not curves.empty and "val_acc" in curves:
-            figures["training"] = plot_training(
-                curves, hue=hue, style=style, row=[*[c for c in context if c != style], "run_target_sparsity"]
-            )
-        if not sweep.layers.empty and (sweep.layers["target_level"] > 0).any():
-            figures["layers"] = plot_layers(
-                sweep.layers,
-                col=[c for c in ("model", "pruner", "condition") if sweep.layers[c].nunique(dropna=False) > 1]
-                or "model",
-            )
-        for name, fig in figures.items():
-            save(fig, fig_dir / name)
+        colors = palette(runs, hue)
+        figures = _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors)
+        fixed = [f"{c} = {runs[c].iloc[0]}" for c in ("dataset", "model", "init", "pruner") if c not in keys]
         lines += [
             "## Answer",
             "",
-            f"Which `{hue}` keeps the most {metric} under pruning? Per sparsity level, the "
-            f"best scheme by mean over seeds against the runner-up (α = {alpha}):",
+            f"Compared: `{hue}` ({', '.join(map(str, sorted(runs[hue].map(str).unique())))})"
+            + (f", within each {', '.join(f'`{c}`' for c in context)}" if context else "")
+            + (f"; fixed: {', '.join(fixed)}" if fixed else "") + "."
+            if hue else "Nothing varies between these runs but the seed and the sparsity target: one curve.",
             "",
         ]
-        per_seed_auc = robustness_per_seed(runs, metric, by, tolerance)
-        lines += answer_sentences(comparisons, robust, hue, metric, context, tolerance, per_seed_auc)
-        lines += ["", f"*Caveat.* {CAVEAT}", ""]
-        lines += ["## Accuracy against sparsity", "", "![trade-off](figures/tradeoff.png)", ""]
-        lines += [f"> {msg}" for msg in pooled]
-        cols = [*shown, LEVEL, "mean_sparsity", "mean", "std", "ci_low", "ci_high", "n_seeds"]
-        lines += [
-            "",
-            f"### Summary ({metric}; 95% t-interval over seeds)",
-            "",
-            markdown_table(summary[[c for c in cols if c in summary]]),
-            "",
-        ]
-        rcols = [
-            *shown,
-            "dense_mean",
-            "auc",
-            "auc_norm",
-            "auc_seed_std",
-            "critical_sparsity",
-            "critical_seed_mean",
-            "critical_seed_std",
-            "critical_seed_min",
-            "critical_seed_max",
-            "n_seeds",
-        ]
-        lines += ["### Robustness", "", markdown_table(robust[rcols]), ""]
-        ccols = [
-            *[c for c in context],
-            LEVEL,
-            "best",
-            "best_mean",
-            "runner_up",
-            "runner_up_mean",
-            "n_pairs",
-            "mean_diff",
-            "t",
-            "p_t",
-            "p_wilcoxon",
-            "significant",
-        ]
-        lines += [
-            "### Paired comparisons (best vs runner-up, paired by seed)",
-            "",
-            markdown_table(comparisons[ccols]) if not comparisons.empty else f"(only one `{hue}` value)",
-            "",
-        ]
-        if "training" in figures:
-            lines += ["## Training curves", "", "![training](figures/training.png)", ""]
-        if "layers" in figures:
-            lines += [
-                "## Per-layer sparsity",
-                "",
-                "Global pruning spreads the zeros unevenly across layers; "
-                "layer-wise pruning gives every layer the target.",
-                "",
-                "![layers](figures/layers.png)",
-                "",
-            ]
+        if hue:
+            lines += answer(summary, comparisons, hue, context, metric) or [f"- Only one `{hue}` per context."]
+            m = int(comparisons["p_holm"].notna().sum()) if not comparisons.empty else 0
+            tests = f"{m} test" + "s" * (m != 1)
+            lines += ["", f"*How to read this.* {CAVEAT.format(tests=tests, alpha=alpha)}", ""]
+        flags = trust_flags(runs, by)
+        budget, notes = budget_table(runs, by)
+        lines += ["## Checks", ""]
+        lines += flags or ["- Every curve's runs share one code version, torch version and configured budget."]
+        lines += notes + [""]
+        lines += _tables(summary, robust, comparisons, budget, shown, context, hue, by, metric, tolerance)
+        lines += _figure_section(figures)
     else:
         lines += ["No complete run was found, so there is nothing to summarize yet.", ""]
-    lines += ["## Runs that are not complete", ""]
+    lines += ["## Runs with problems", ""]
     if problems.empty:
-        lines += ["None: every run folder holds a valid `results.json`.", ""]
+        lines += ["None: every run folder holds a valid `results.json` and readable metrics.", ""]
     else:
         lines += [
-            f"{len(problems)} run folder(s) have no usable results; they are left out of every table and "
-            "figure above.",
+            f"{broken} run folder(s) have problems. Runs without usable results are left out of every table and "
+            "figure above; damaged lines of metrics.jsonl are skipped (the run's results.json still counts).",
             "",
             markdown_table(problems[["status", "run_dir", "reason"]]),
             "",
@@ -316,6 +259,75 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors) -> dict[str, str]:
+    """Draw and save every figure the runs allow; {name: caption}."""
+    made = {}
+    common = {"hue": hue, "style": style, "colors": colors}
+    save(plot_tradeoff(runs, col=col, metric=metric, x=x, **common), fig_dir / "tradeoff")
+    made["tradeoff"] = f"{metric} against the share of weights remaining"
+    flops = {"flops_dense", "flops_nonzero"} <= set(runs.columns)
+    if flops and runs["flops_nonzero"].notna().all() and (runs["flops_dense"] > 0).all():
+        save(plot_tradeoff(runs, col=col, metric=metric, x="flops", **common), fig_dir / "flops")
+        made["flops"] = f"{metric} against the forward FLOPs remaining"
+    if not curves.empty and "val_acc" in curves:
+        if "round" in runs and runs["round"].notna().any():
+            ticket = runs[runs["round"].notna()].merge(early_stopping(curves), on=["run_dir", "level_name"], how="left")
+            if ticket["early_stop_epoch"].notna().any():
+                save(plot_ticket(ticket.dropna(subset=["early_stop_epoch"]), **common), fig_dir / "ticket")
+                made["ticket"] = "IMP: test accuracy and early-stopping epoch per level"
+        # a level's branch is not a column of the per-epoch curves: colour them by what varies among them
+        roles = {k: v if v is None or v in curves else "auto" for k, v in (("hue", hue), ("style", style))}
+        save(plot_training(curves, colors=colors if roles["hue"] == hue else None, **roles), fig_dir / "training")
+        made["training"] = "validation accuracy per epoch of each phase"
+    if not sweep.layers.empty and (sweep.layers[LEVEL] > 0).any():
+        save(plot_layers(sweep.layers, hue=hue, colors=colors, names=layer_labels(sweep.layers)), fig_dir / "layers")
+        made["layers"] = "measured sparsity of each layer"
+    return made
+
+
+def _tables(summary, robust, comparisons, budget, shown, context, hue, by, metric, tolerance) -> list[str]:
+    unit = " (%)" if metric.endswith("acc") else ""
+    scale = 100 if unit else 1
+    lines = ["## Tables (accuracy in %; 95% Student t intervals over seeds, clipped to [0, 100])", ""]
+    lines += [f"### {metric} per level", "", markdown_table(_display(summary, shown, metric)), ""]
+    if not budget.empty:
+        lines += ["### Training budget (total epochs behind each level's weights)", "",
+                  markdown_table(budget[[*shown, LEVEL, "epochs_trained"]].assign(
+                      **{LEVEL: budget[LEVEL] * 100}).rename(columns={LEVEL: "sparsity (%)"})), ""]
+    if not comparisons.empty:
+        table = comparisons[[*context, LEVEL, "higher", "higher_mean", "lower", "lower_mean", "n_pairs",
+                             "mean_diff", "p_t", "p_holm", "p_wilcoxon", "significant"]].copy()
+        table[LEVEL] *= 100
+        for c in ("higher_mean", "lower_mean", "mean_diff"):
+            table[c] *= scale
+        table = table.rename(columns={LEVEL: "sparsity (%)", "mean_diff": f"difference{unit and ' (points)'}",
+                                      "higher_mean": f"higher mean{unit}", "lower_mean": f"lower mean{unit}"})
+        lines += [f"### Pairwise comparisons of `{hue}` (paired by seed; Holm-corrected p_holm decides)", "",
+                  markdown_table(table), ""]
+    rob = robust[[*shown, "dense_mean", "auc_norm", "max_level", "critical_sparsity", "critical_seed_min",
+                  "critical_seed_max", "n_seeds"]].copy()
+    for c in ("dense_mean", "auc_norm"):
+        rob[c] *= scale
+    for c in ("max_level", "critical_sparsity", "critical_seed_min", "critical_seed_max"):
+        rob[c] *= 100
+    rob = rob.rename(columns={"dense_mean": f"dense{unit}", "auc_norm": f"mean over the range{unit}",
+                              "max_level": "range up to (%)", "critical_sparsity": "critical sparsity (%)",
+                              "critical_seed_min": "per seed min (%)", "critical_seed_max": "per seed max (%)"})
+    lines += [f"### Robustness (critical sparsity: highest level whose mean {metric} is within "
+              f"{tolerance * scale:g} {'point(s)' if unit else ''} of the dense mean)", "", markdown_table(rob), ""]
+    return lines
+
+
+def _figure_section(figures: dict[str, str]) -> list[str]:
+    lines = ["## Figures", ""]
+    if "flops" in figures:  # the two trade-offs side by side
+        lines += ['<img src="figures/tradeoff.png" width="49%"> <img src="figures/flops.png" width="49%">', ""]
+    for name, caption in figures.items():
+        if name not in ("tradeoff", "flops") or "flops" not in figures:
+            lines += [f"![{caption}](figures/{name}.png)", ""]
+    return lines
 
 
 def _to_parquet(runs: pd.DataFrame, path: Path) -> None:
@@ -330,3 +342,4 @@ def _to_parquet(runs: pd.DataFrame, path: Path) -> None:
             )
     table.attrs = {}
     table.to_parquet(path, index=False)
+

@@ -22,8 +22,35 @@ LEVEL, SEED = "target_level", "seed"
 
 
 def condition_columns(df: pd.DataFrame) -> list[str]:
-    """The columns that define one condition (a curve): the config choices and the swept-key label."""
-    return [c for c in (*CHOICES, "condition") if c in df.columns]
+    """The columns that define one condition (a curve): the config choices, the level's branch and the
+    label of the other differing settings (`load_sweep` makes these name exactly one condition_key)."""
+    return [c for c in (*CHOICES, "branch", "condition") if c in df.columns]
+
+
+def curve_columns(df: pd.DataFrame) -> list[str]:
+    """condition_columns with the `condition` label split into its keys (train.lr, ...: the table's
+    attrs["conditions"], set by load_sweep), so that one of
+    them can be compared (hue) while the others stay context. Falls back to the label where the keys do
+    not pin one condition_key down (a value that printed like another's: the label carries the hash)."""
+    cols = [c for c in condition_columns(df) if c != "condition"]
+    cols += [c for c in df.attrs.get("conditions", []) if c in df.columns and c not in cols]
+    if "condition_key" in df and not df.empty:
+        if df.groupby(cols, dropna=False)["condition_key"].nunique().max() > 1:
+            cols.append("condition")
+    elif "condition" in df:
+        cols.append("condition")
+    return cols
+
+
+def varying(df: pd.DataFrame, among: Sequence[str] | None = None) -> list[str]:
+    """The condition columns (or `among`) that take more than one value in `df`: what a study compares.
+
+    Order: the choices (dataset, model, init, pruner, train, experiment), branch, then each differing
+    setting key (train.lr, ...) on its own, and the joined `condition` label only where those keys do not
+    tell the conditions apart (`curve_columns`).
+    """
+    cols = [c for c in curve_columns(df) if among is None or c in among]
+    return [c for c in cols if df[c].map(str).nunique() > 1]
 
 
 def _by(df: pd.DataFrame, by: str | Sequence[str] | None) -> list[str]:
@@ -70,6 +97,8 @@ def summarize(
 ) -> pd.DataFrame:
     """Per group and target level: mean, std, ci_low, ci_high (t interval) and n_seeds of `metric`.
 
+    The interval of an accuracy (a metric named *acc, a fraction) is clipped to [0, 1].
+
     by: grouping columns (default: dataset, model, init, pruner, train, experiment, condition). Also
     carries mean_sparsity (the measured sparsity, averaged) when the table has it.
     """
@@ -78,6 +107,8 @@ def summarize(
     rows = []
     for key, group in seeds.groupby([*cols, LEVEL], dropna=False, sort=True):
         mean, std, lo, hi = t_interval(group[metric].to_numpy(), confidence)
+        if metric.endswith("acc"):  # an interval of few seeds can overshoot what an accuracy can be
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
         rows.append(
             {
                 **dict(zip([*cols, LEVEL], key)),
@@ -219,6 +250,24 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return out
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment (Holm 1979) of a family of p-values; NaN stays NaN and is not counted.
+
+    The i-th smallest of m p-values is multiplied by m - i + 1 (i from 1), made non-decreasing in that
+    order and capped at 1; rejecting where the adjusted p < alpha keeps the family-wise error <= alpha.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
+
+
 def compare(
     df: pd.DataFrame,
     hue: str = "init",
@@ -226,35 +275,39 @@ def compare(
     by: str | Sequence[str] | None = None,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """At each level of each context, the best `hue` value by mean `metric` against the runner-up, paired by seed.
+    """Every pair of `hue` values at each level of each context, paired by seed, Holm-corrected.
 
     by: the context columns (default: the condition columns without `hue`). One row per context x level
-    with best, runner_up, their means, n_pairs, mean_diff, t, p_t, p_wilcoxon and significant (p_t < alpha).
+    x pair, `higher` being the value with the higher mean: higher, higher_mean, lower, lower_mean,
+    n_pairs, mean_diff (higher - lower over the common seeds), t, p_t (paired t-test), p_wilcoxon, p_holm
+    (p_t adjusted by Holm over every test in the table: all levels, pairs and contexts are one family)
+    and significant (p_holm < alpha).
     """
     context = [c for c in _by(df, by) if c != hue]
     seeds = per_seed(df, metric, [*context, hue])
     rows = []
     for key, group in seeds.groupby([*context, LEVEL], dropna=False, sort=True):
-        means = group.groupby(hue, dropna=False)[metric].mean().sort_values(ascending=False)
-        if len(means) < 2:
-            continue
-        best, second = means.index[0], means.index[1]
-        wide = group.pivot_table(index=SEED, columns=hue, values=metric, dropna=False)[
-            [best, second]
-        ].dropna()
-        test = paired_test(wide[best], wide[second])
-        rows.append(
-            {
-                **dict(zip([*context, LEVEL], key)),
-                "metric": metric,
-                "hue": hue,
-                "best": best,
-                "best_mean": means.iloc[0],
-                "runner_up": second,
-                "runner_up_mean": means.iloc[1],
-                "n_schemes": len(means),
-                **test,
-                "significant": bool(test["p_t"] < alpha) if not math.isnan(test["p_t"]) else False,
-            }
-        )
-    return pd.DataFrame(rows)
+        means = group.groupby(hue, dropna=False)[metric].mean().sort_values(ascending=False, kind="stable")
+        wide = group.pivot_table(index=SEED, columns=hue, values=metric, dropna=False)
+        for i, hi in enumerate(means.index):
+            for lo in means.index[i + 1 :]:
+                pair = wide[[hi, lo]].dropna()
+                rows.append(
+                    {
+                        **dict(zip([*context, LEVEL], key)),
+                        "metric": metric,
+                        "hue": hue,
+                        "higher": hi,
+                        "higher_mean": means[hi],
+                        "lower": lo,
+                        "lower_mean": means[lo],
+                        "n_groups": len(means),
+                        **paired_test(pair[hi], pair[lo]),
+                    }
+                )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = holm(out["p_t"])
+    out["significant"] = out["p_holm"] < alpha
+    return out

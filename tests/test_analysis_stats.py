@@ -12,12 +12,12 @@ from multirun_analysis import (
     auc,
     compare,
     critical_sparsity,
+    holm,
     paired_test,
     robustness,
-    robustness_per_seed,
     summarize,
 )
-from multirun_analysis.report import answer_sentences
+from multirun_analysis.report import answer
 
 # test accuracy of two init schemes, 3 seeds, levels 0 (dense), 0.5 and 0.9
 ACC = {
@@ -102,17 +102,31 @@ def test_paired_test_by_hand():
     assert out["n_pairs"] == 3
 
 
-def test_compare_names_best_and_runner_up_per_level():
+def test_compare_tests_every_pair_per_level_with_holm():
     c = compare(table(), hue="init").set_index("target_level")
-    assert list(c["best"]) == ["A", "A", "A"] and list(c["runner_up"]) == ["B", "B", "B"]
-    assert c.loc[0.9, "best_mean"] == pytest.approx(0.82)
-    assert c.loc[0.9, "p_t"] == pytest.approx(paired_test(ACC["A"][0.9], ACC["B"][0.9])["p_t"])
-    assert c.loc[0.9, "p_t"] == pytest.approx(0.0496, abs=1e-4) and bool(c.loc[0.9, "significant"])
-    assert not bool(
-        compare(table(), hue="init", alpha=0.01).set_index("target_level").loc[0.9, "significant"]
-    )
-    # dense: A - B = .01 for every seed; no variance, so the t-test is degenerate and reported as certain
-    assert c.loc[0.0, "n_pairs"] == 3
+    assert list(c["higher"]) == ["A", "A", "A"] and list(c["lower"]) == ["B", "B", "B"]
+    assert c.loc[0.9, "higher_mean"] == pytest.approx(0.82)
+    p = [paired_test(ACC["A"][lv], ACC["B"][lv])["p_t"] for lv in (0.0, 0.5, 0.9)]
+    assert list(c["p_t"]) == pytest.approx(p)
+    assert list(c["p_holm"]) == pytest.approx(list(holm(p)))
+    assert c.loc[0.9, "p_t"] == pytest.approx(0.0496, abs=1e-4)
+    # significant before the correction, not after it: p-values 0 (dense), .082, .0496: the second smallest
+    # of m = 3 is multiplied by 2, and 0.5's (1 x .082) is raised to it to keep the order
+    assert c.loc[0.9, "p_holm"] == pytest.approx(2 * c.loc[0.9, "p_t"]) and not bool(c.loc[0.9, "significant"])
+    assert c.loc[0.5, "p_holm"] == pytest.approx(c.loc[0.9, "p_holm"])
+    assert bool(c.loc[0.0, "significant"])  # dense: A - B = .01 on every seed, no variance, p = 0
+    three = pd.concat([table(), table().query("init == 'B'").assign(init="C", test_acc=lambda d: d.test_acc - 0.1)])
+    pairs = compare(three, hue="init")
+    assert len(pairs) == 3 * 3  # A-B, A-C, B-C at each of 3 levels
+    assert set(zip(pairs["higher"], pairs["lower"])) == {("A", "B"), ("A", "C"), ("B", "C")}
+
+
+def test_holm_by_hand():
+    # m = 4: sorted .01 .02 .03 .04 -> .04, .06, .06 (monotone), .04 -> .04 capped by the running max .06
+    assert list(holm([0.03, 0.01, 0.04, 0.02])) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert list(holm([0.5, 0.6])) == pytest.approx([1.0, 1.0])  # capped at 1
+    out = holm([0.01, math.nan, 0.02])  # NaN is neither adjusted nor counted in m
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
 
 
 def test_grouping_columns_are_arguments():
@@ -124,34 +138,35 @@ def test_grouping_columns_are_arguments():
         summarize(df, by="nope")
 
 
-def test_report_states_the_answer_in_sentences():
+def test_report_answer_names_groups_difference_and_holm():
     df = table()
-    lines = "\n".join(
-        answer_sentences(compare(df), robustness(df), "init", "test_acc", [], 0.01, robustness_per_seed(df))
-    )
-    assert (
-        "At sparsity 90%, **A** is best with mean test_acc 82; its lead of 9 points over B is **significant**"
-        in lines
-    )
-    assert "At sparsity 0% (dense), **A** is best with mean test_acc 92" in lines
-    assert "Most robust `init` by area under the curve: **A** (0.808), ahead of B" in lines
-    assert "critical sparsity 50% (per seed: mean 33.33%" in lines and "range 0%–50%, n = 3" in lines
+    lines = "\n".join(answer(summarize(df), compare(df, hue="init"), "init", []))
+    assert lines.startswith("- At 90% sparsity, **A** keeps 82.0% test accuracy (95% CI ")
+    assert "9.0 points above **B** (73.0%; not significant after Holm correction, p = 0.099, n = 3 seeds)" in lines
+
+
+def test_summary_interval_of_an_accuracy_is_clipped():
+    df = table()
+    df.loc[(df["init"] == "A") & (df["target_level"] == 0.5), "test_acc"] = [0.99, 0.999, 0.70]
+    s = summarize(df).set_index(["init", "target_level"]).loc[("A", 0.5)]
+    assert s["ci_high"] == 1.0 and s["ci_low"] < s["mean"]  # the t interval would exceed 100%
 
 
 def test_tradeoff_figure_axes_lines_and_baseline():
     from multirun_analysis import plot_tradeoff
 
-    fig = plot_tradeoff(table(), hue="init", style="pruner", col="model", x="sparsity")
-    ax = fig.axes[0]
+    g = plot_tradeoff(table(), x="sparsity")
+    ax = g.axes.flat[0]
     assert ax.get_xscale() == "linear" and ax.get_xlabel() == "sparsity (%)"
     assert ax.get_ylabel() == "test accuracy (%)"
     curves = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
     assert len(curves) == 2  # one per init, 3 levels each, in percent
     assert sorted(curves[0].get_xdata()) == pytest.approx([0, 50, 90])
     assert curves[0].get_color() != curves[1].get_color()
-    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert g.legend.get_title().get_text() == "init"  # the one varying column is the hue
+    stars = [line for line in ax.get_lines() if line.get_gid() == "dense"]
     assert len(stars) == 2 and all(line.get_xdata()[0] == 0 for line in stars)  # the dense baseline, marked
     bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
-    assert all(b.max() <= 100 for b in bands)  # an interval of 3 seeds never drawn above 100% accuracy
+    assert bands and all(b.max() <= 100 for b in bands)  # an interval of 3 seeds never drawn above 100%
     with pytest.raises(ValueError, match="remaining"):
         plot_tradeoff(table(), x="log")

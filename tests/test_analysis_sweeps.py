@@ -188,7 +188,10 @@ def test_sweeps_merge_and_levels_align(sweeps):
     assert set(imp["target_level"]) == {0.0, 0.4, 0.64, 0.784, 0.8}  # 40% of what remains per round
     off = (imp["sparsity"] - imp["target_level"]).abs()
     assert off.max() > 0 and off.max() < 0.01  # rounds measure their own sparsity, aligned on the target
-    assert (imp["condition"] == "pruner.rate=0.4").all() and (runs["pruner"] == "magnitude").sum() == 26
+    # pruner.rate is an imp setting: the pruner column already tells the curves apart, so no label is needed
+    assert (imp["pruner.rate"] == 0.4).all() and (runs["condition"] == "").all()
+    assert runs.groupby(["init", "pruner"])["condition_key"].nunique().max() == 1
+    assert (runs["pruner"] == "magnitude").sum() == 26
     s = summarize(runs).set_index(["init", "pruner", "target_level"])
     assert s.loc[("xavier_normal", "magnitude", 0.9), "n_seeds"] == 4
     assert (s.xs("imp", level="pruner")["n_seeds"] == 2).all()
@@ -198,11 +201,18 @@ def test_training_curves_and_figure(sweeps):
     runs = load_runs(sweeps["main"])
     curves = load_curves(runs)
     assert set(curves["phase"]) == {"dense", "finetune"} and set(curves["init"]) == set(runs["init"])
-    fig = plot_tradeoff(runs, hue="init", style="pruner", col="model")
-    ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and "remaining" in ax.get_xlabel()
-    labels = {t.get_text() for t in fig.legends[0].get_texts()}
-    assert {"xavier_normal", "kaiming_uniform", "dense baseline"} <= labels
+    g = plot_tradeoff(runs)  # init is what varies: hue, legend and one line each, by default
+    ax = g.axes.flat[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "weights remaining (%, log scale)"
+    assert ax.get_xlim()[0] > ax.get_xlim()[1]  # 100% at the left
+    assert g.legend.get_title().get_text() == "init"
+    assert {t.get_text() for t in g.legend.get_texts()} == {"xavier_normal", "kaiming_uniform"}
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    assert len(lines) == 2 and all(sorted(line.get_xdata()) == pytest.approx([10, 50, 100]) for line in lines)
+    stars = [line for line in ax.get_lines() if line.get_gid() == "dense"]
+    assert len(stars) == 2 and {s.get_color() for s in stars} == {line.get_color() for line in lines}
+    bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections if c.get_paths()]
+    assert bands and all(b.min() >= 0 and b.max() <= 100 for b in bands)
 
 
 def test_cli_writes_tables_figures_and_report(sweeps):
@@ -228,14 +238,22 @@ def test_cli_writes_tables_figures_and_report(sweeps):
         "figures/tradeoff.pdf",
         "figures/training.png",
         "figures/layers.png",
+        "figures/flops.png",
+        "figures/ticket.png",
     ):
         assert (out / name).stat().st_size > 0, name
     assert len(pd.read_parquet(out / "runs.parquet")) == len(pd.read_csv(out / "runs.csv")) == 24 + 20
     summary = pd.read_csv(out / "summary.csv")
     assert {"mean", "std", "ci_low", "ci_high", "n_seeds"} <= set(summary.columns)
     report = (out / "report.md").read_text()
-    assert "At sparsity 90%" in report and "Most robust `init`" in report and "Caveat" in report
-    assert "critical sparsity" in report
+    answer = report.split("## Answer")[1].split("## Checks")[0]
+    assert "Compared: `init` (kaiming_uniform, xavier_normal), within each `pruner`" in answer
+    assert "- At 90% sparsity (pruner=magnitude), **" in answer and "- At 80% sparsity (pruner=imp), **" in answer
+    # 2 inits: one pair per level; magnitude has 3 levels, imp 5: one family of 8 tests
+    assert "after Holm correction" in answer and "Holm's correction over all 8 tests" in answer
+    order = [report.index(h) for h in ("## Answer", "## Checks", "## Tables", "## Figures", "## Runs with problems")]
+    assert order == sorted(order)
+    assert "critical sparsity" in report and "test_acc 95% CI high (%)" in report
     for name in ("torn_results", "killed_mid_run", sweeps["bad"].name):
         assert name in report
     assert "3 not complete" in done.stdout

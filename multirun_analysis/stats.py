@@ -251,20 +251,19 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjustment (Holm 1979) of a family of p-values; NaN stays NaN and is not counted.
+    """Holm's step-down adjustment (Holm 1979) of a family of p-values, by statsmodels' `multipletests`;
+    NaN stays NaN and is not counted in the family.
 
     The i-th smallest of m p-values is multiplied by m - i + 1 (i from 1), made non-decreasing in that
     order and capped at 1; rejecting where the adjusted p < alpha keeps the family-wise error <= alpha.
     """
+    from statsmodels.stats.multitest import multipletests  # lazy: statsmodels is slow to import
+
     p = np.asarray(p_values, dtype=float)
     out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for i, idx in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[idx]))
-        out[idx] = running
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
 
 

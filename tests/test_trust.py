@@ -138,16 +138,27 @@ def test_the_cache_key_covers_prune_labs_own_source(monkeypatch: pytest.MonkeyPa
 
 
 # --- 4. bookkeeping: one list, four users ----------------------------------------------------------------
-def test_the_one_bookkeeping_list_drives_the_hash_the_cache_key_and_the_folder_names(monkeypatch):
+def test_the_one_bookkeeping_list_drives_the_hash_the_cache_key_the_folder_names_and_the_analysis(
+        monkeypatch, tmp_path: Path):
+    from multirun_analysis.loading import load_runs
     from prune_lab import cache
 
     a, b = spec_of("train.lr=0.01").config, spec_of("train.lr=0.002").config
+    proc = run_cli("-m", "train.lr=0.01,0.002", *TINY, "cache_dir=null", f"hydra.sweep.dir={tmp_path}/sweep",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def conditions() -> int:
+        return load_runs(tmp_path / "sweep")["condition_key"].nunique()
+
     assert config_hash(a) != config_hash(b)
     assert cache.dense_basis(a, "cpu", 1) != cache.dense_basis(b, "cpu", 1)
     assert "train.lr" not in composed(hydra=True).hydra.job.config.override_dirname.exclude_keys
+    assert conditions() == 2
     monkeypatch.setattr(bookkeeping, "BOOKKEEPING", (*bookkeeping.BOOKKEEPING, "train.lr"))
     assert config_hash(a) == config_hash(b)
     assert cache.dense_basis(a, "cpu", 1) == cache.dense_basis(b, "cpu", 1)
+    assert conditions() == 1
     excludes = composed(hydra=True).hydra.job.config.override_dirname.exclude_keys
     assert "train.lr" in excludes
     assert {"experiment", "size", "train.lr"} <= set(

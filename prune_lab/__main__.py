@@ -26,6 +26,7 @@ from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
+from prune_lab.progress import Fanout, Progress
 from prune_lab.results import (
     METRICS,
     MetricsLog,
@@ -97,9 +98,11 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
             f"({differing_keys(done.get('config') or {}, spec.config)}); "
             "use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it"
         )
+    progress = Progress(spec.config.get("log_every", "auto"))  # a bad value stops the run here
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)
     job = build_job(spec, run_dir, device=device, threads=threads)
+    job.log = Fanout(job.log, progress)  # metrics.jsonl, then a progress line on the console and in the .log
 
     spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
 

@@ -26,6 +26,7 @@ from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
+from prune_lab.objectives import build_objective
 from prune_lab.progress import Fanout, Progress
 from prune_lab.results import (
     METRICS,
@@ -151,13 +152,14 @@ def summary(record: dict[str, Any], path: Path) -> str:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
-        run(spec, run_dir, overrides)
+        objective = build_objective(spec.config)  # a bad objective stops here, before training
+        return objective(run(spec, run_dir, overrides))  # what a Hydra sweeper (Optuna...) optimises
     except UserError as e:
         if read_results(run_dir) is None:  # never an error.json beside a valid results.json
             write_error(run_dir, {"error": str(e), "kind": "config", "overrides": overrides})

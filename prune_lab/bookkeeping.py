@@ -31,6 +31,7 @@ BOOKKEEPING: tuple[str, ...] = (
     "log_every",                 # how many epochs get a progress line
     "logger",                    # which experiment trackers the metrics also go to
     "objective",                 # which number a Hydra sweeper optimises
+    "hparams_search",            # which sweeper search launched the run (it sets only hydra.sweeper)
 )
 
 # Keys that place a run on a curve rather than define its curve: the statistics' axes.

@@ -26,6 +26,7 @@ from prune_lab.cache import DenseCache, load_once
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
+from prune_lab.loggers import Trackers
 from prune_lab.objectives import build_objective
 from prune_lab.progress import Fanout, Progress
 from prune_lab.results import (
@@ -103,9 +104,14 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)
     job = build_job(spec, run_dir, device=device, threads=threads)
-    job.log = Fanout(job.log, progress)  # metrics.jsonl, then a progress line on the console and in the .log
+    trackers = Trackers.open(spec.config, run_dir, spec.choices)  # logger=...: a missing package stops here
+    job.log = Fanout(job.log, progress, trackers)  # metrics.jsonl, a progress line (console, .log), trackers
 
-    spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
+    try:
+        spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
+    except BaseException:
+        trackers.fail()  # the tracker's run is marked failed, not left running
+        raise
 
     if not job.levels:
         raise RuntimeError(f"pruner {type(spec.pruner).__name__} recorded no level; it must call job.evaluate")
@@ -134,6 +140,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "dense_cache": job.cached_phases,  # phases shared through the dense-training cache, and whether hit
     }
     path = write_results(run_dir, record)
+    trackers.finish(record)
     if not spec.keep_checkpoints:
         job.store.clear()
     print(summary(record, path))

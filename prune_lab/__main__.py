@@ -42,7 +42,6 @@ from prune_lab.results import (
 from prune_lab.seeding import generator, seed_everything
 from prune_lab.storage import PhaseStore
 from prune_lab.threads import apply_threads
-from prune_lab.weights import file_sha256  # noqa: F401  (registers the prune_lab_sha256 resolver conf/ uses)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 

@@ -25,6 +25,7 @@ from prune_lab.masks import PrunableSelection
 from prune_lab.pruners.base import Pruner, check_sparsity
 from prune_lab.threads import resolve_threads
 from prune_lab.training import TrainSettings
+from prune_lab.weights import file_sha256
 
 GROUPS = ("dataset", "model", "init", "pruner", "train")
 
@@ -40,6 +41,8 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("prune_lab_half", lambda epochs: _half(epochs), replace=True)
     OmegaConf.register_new_resolver("prune_lab_bookkeeping", lambda *extra: override_dirname_excludes(*extra),
                                     replace=True)
+    # init.sha256: ${prune_lab_sha256:${init.path}}: a weights file's content is part of the config (init=checkpoint).
+    OmegaConf.register_new_resolver("prune_lab_sha256", file_sha256, replace=True)
 
 
 def _half(epochs: Any) -> Any:

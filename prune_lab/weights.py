@@ -5,8 +5,8 @@
 
 With train.epochs=0 the "dense" level is your network as saved (its accuracy before pruning); the pruner then
 prunes and fine-tunes it. The file's sha256 is part of the resolved config (`init.sha256`, through the
-`prune_lab_sha256` resolver), so a new file at the same path is a new configuration: a new config hash and a
-new dense-cache key, never a stale result.
+`prune_lab_sha256` resolver, registered by prune_lab.config), so a new file at the same path is a new
+configuration: a new config hash and a new dense-cache key, never a stale result.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from prune_lab.errors import UserError
@@ -31,9 +30,6 @@ def file_sha256(path: object) -> str | None:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-OmegaConf.register_new_resolver("prune_lab_sha256", file_sha256, replace=True)
 
 
 @dataclass

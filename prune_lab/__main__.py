@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from prune_lab.bookkeeping import experiment_config, flatten
 from prune_lab.cache import DenseCache, load_once
-from prune_lab.config import RunSpec, compose_run
+from prune_lab.config import CONF_DIR, RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
 from prune_lab.loggers import Trackers
@@ -42,8 +42,6 @@ from prune_lab.results import (
 from prune_lab.seeding import generator, seed_everything
 from prune_lab.storage import PhaseStore
 from prune_lab.threads import apply_threads
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
 RECORDED_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",

@@ -93,7 +93,7 @@ def compose(*overrides: str, config_dir: str | Path | None = None) -> tuple[Any,
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from prune_lab.__main__ import CONF_DIR
+    from prune_lab.config import CONF_DIR
 
     extra = []
     if config_dir is not None:

@@ -30,7 +30,7 @@ from prune_lab.training import TrainSettings
 from prune_lab.weights import file_sha256
 
 GROUPS = ("dataset", "model", "init", "pruner", "train")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the app's config groups (hydra.main, compose)
 
 
 def register_resolvers() -> None:

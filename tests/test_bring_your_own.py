@@ -68,6 +68,16 @@ def test_a_user_model_through_config_dir_trains_prunes_and_its_code_keys_the_den
     assert "served by the dense cache" not in edited.stdout
 
 
+def test_a_user_model_from_python_with_config_dir(tmp_path: Path, monkeypatch) -> None:
+    from prune_lab import run
+
+    user = user_folder(tmp_path / "my_project")
+    monkeypatch.syspath_prepend(str(user))  # my_models importable, as PYTHONPATH makes it on the command line
+    result = run("model=tiny_net", "train.epochs=2", "train.finetune_epochs=1", "cache_dir=null", "log_every=0",
+                 run_dir=tmp_path / "run", config_dir=user / "conf")
+    assert result.results["model"] == "tiny_net" and type(result.model()).__name__ == "TinyNet"
+
+
 def test_torchvision_resnet18_prunes_cifar_files_and_init_checkpoint_reproduces_its_accuracy(tmp_path: Path) -> None:
     write_cifar10_files(tmp_path / "data", per_batch=16, n_test=24)
     data = ("dataset=cifar10", f"dataset.data_dir={tmp_path / 'data'}", "dataset.verify_md5=false",

@@ -264,15 +264,19 @@ class Trackers:
         if not nodes:
             return cls([], run_dir)
         info = RunInfo(run_dir, run_dir.name, config, run_tags(config, choices))
-        trackers = []
-        for name, node in nodes.items():
-            if not isinstance(node, Mapping) or "_target_" not in node:
-                raise UserError(f"logger.{name} must be a tracker config with _target_ (choose logger=csv, "
-                                "tensorboard, mlflow or wandb; several: logger=[csv,tensorboard])")
-            tracker = instantiate(dict(node), _convert_="all")
-            tracker.start(info)
-            trackers.append(tracker)
-        return cls(trackers, run_dir)
+        opened = cls([], run_dir)
+        try:
+            for name, node in nodes.items():
+                if not isinstance(node, Mapping) or "_target_" not in node:
+                    raise UserError(f"logger.{name} must be a tracker config with _target_ (choose logger=csv, "
+                                    "tensorboard, mlflow or wandb; several: logger=[csv,tensorboard])")
+                tracker = instantiate(dict(node), _convert_="all")
+                tracker.start(info)
+                opened.trackers.append(tracker)
+        except BaseException:
+            opened.fail()  # the trackers already started are closed as failed, not left running
+            raise
+        return opened
 
     def __call__(self, record: dict[str, Any]) -> None:
         for tracker in self.trackers:

@@ -116,3 +116,20 @@ def test_init_checkpoint_mistakes_are_one_line_before_training(tmp_path: Path) -
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith("prune_lab: error: ") and message in line, line
         assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_new_weights_file_at_the_same_path_is_a_new_configuration(tmp_path: Path) -> None:
+    from prune_lab.api import compose
+    from prune_lab.config import compose_run
+
+    path = tmp_path / "net.pt"
+
+    def config_hash() -> str:
+        cfg, choices = compose("init=checkpoint", f"init.path={path}")
+        return compose_run(cfg, choices).config_hash
+
+    torch.save({"w": torch.zeros(2)}, path)
+    first = config_hash()
+    assert config_hash() == first  # the same file: the same run
+    torch.save({"w": torch.ones(2)}, path)  # retrained, saved over the old file
+    assert config_hash() != first

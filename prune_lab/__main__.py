@@ -23,9 +23,12 @@ from omegaconf import DictConfig
 
 from prune_lab.bookkeeping import experiment_config, flatten
 from prune_lab.cache import DenseCache, load_once
-from prune_lab.config import RunSpec, compose_run
+from prune_lab.config import CONF_DIR, RunSpec, compose_run
 from prune_lab.errors import UserError
 from prune_lab.job import Job
+from prune_lab.loggers import Trackers
+from prune_lab.objectives import build_objective
+from prune_lab.progress import Fanout, Progress
 from prune_lab.results import (
     METRICS,
     MetricsLog,
@@ -39,8 +42,6 @@ from prune_lab.results import (
 from prune_lab.seeding import generator, seed_everything
 from prune_lab.storage import PhaseStore
 from prune_lab.threads import apply_threads
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
 RECORDED_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
@@ -97,11 +98,18 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
             f"({differing_keys(done.get('config') or {}, spec.config)}); "
             "use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it"
         )
+    progress = Progress(spec.config.get("log_every", "auto"))  # a bad value stops the run here
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)
     job = build_job(spec, run_dir, device=device, threads=threads)
+    trackers = Trackers.open(spec.config, run_dir, spec.choices)  # logger=...: a missing package stops here
+    job.log = Fanout(job.log, progress, trackers)  # metrics.jsonl, a progress line (console, .log), trackers
 
-    spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
+    try:
+        spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
+    except BaseException:
+        trackers.fail()  # the tracker's run is marked failed, not left running
+        raise
 
     if not job.levels:
         raise RuntimeError(f"pruner {type(spec.pruner).__name__} recorded no level; it must call job.evaluate")
@@ -130,6 +138,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "dense_cache": job.cached_phases,  # phases shared through the dense-training cache, and whether hit
     }
     path = write_results(run_dir, record)
+    trackers.finish(record)
     if not spec.keep_checkpoints:
         job.store.clear()
     print(summary(record, path))
@@ -148,13 +157,14 @@ def summary(record: dict[str, Any], path: Path) -> str:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
-        run(spec, run_dir, overrides)
+        objective = build_objective(spec.config)  # a bad objective stops here, before training
+        return objective(run(spec, run_dir, overrides))  # what a Hydra sweeper (Optuna...) optimises
     except UserError as e:
         if read_results(run_dir) is None:  # never an error.json beside a valid results.json
             write_error(run_dir, {"error": str(e), "kind": "config", "overrides": overrides})

@@ -28,6 +28,10 @@ BOOKKEEPING: tuple[str, ...] = (
     "dataset.download",          # whether missing files may be fetched
     "dataset.verify_md5",        # whether files are checked before use (a corrupt file fails either way)
     "train.checkpoint_every_s",  # how often a phase saves a resumable checkpoint
+    "log_every",                 # how many epochs get a progress line
+    "logger",                    # which experiment trackers the metrics also go to
+    "objective",                 # which number a Hydra sweeper optimises
+    "hparams_search",            # which sweeper search launched the run (it sets only hydra.sweeper)
 )
 
 # Keys that place a run on a curve rather than define its curve: the statistics' axes.

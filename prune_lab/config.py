@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from hydra.errors import InstantiationException
@@ -22,11 +23,14 @@ from prune_lab.data.splits import DataInfo, Splits
 from prune_lab.errors import UserError
 from prune_lab.init import Initializer
 from prune_lab.masks import PrunableSelection
+from prune_lab.options import options_help
 from prune_lab.pruners.base import Pruner, check_sparsity
 from prune_lab.threads import resolve_threads
 from prune_lab.training import TrainSettings
+from prune_lab.weights import file_sha256
 
 GROUPS = ("dataset", "model", "init", "pruner", "train")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the app's config groups (hydra.main, compose)
 
 
 def register_resolvers() -> None:
@@ -40,6 +44,10 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("prune_lab_half", lambda epochs: _half(epochs), replace=True)
     OmegaConf.register_new_resolver("prune_lab_bookkeeping", lambda *extra: override_dirname_excludes(*extra),
                                     replace=True)
+    # init.sha256: ${prune_lab_sha256:${init.path}}: a weights file's content is part of the config (init=checkpoint).
+    OmegaConf.register_new_resolver("prune_lab_sha256", file_sha256, replace=True)
+    # --help (conf/config.yaml's help template): every option with the first comment line of its YAML.
+    OmegaConf.register_new_resolver("prune_lab_options", lambda: options_help(CONF_DIR), replace=True)
 
 
 def _half(epochs: Any) -> Any:

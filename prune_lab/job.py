@@ -110,7 +110,7 @@ class Job:
         partial = self.store.load(phase, "partial")
         if partial is not None:  # cut short in an earlier attempt (kill, preemption, requeue)
             self.resumed.append({"phase": phase, "from_epoch": partial["epoch"]})
-            print(f"prune_lab: phase {phase} resumes from its checkpoint at epoch {partial['epoch']}/{epochs}")
+            self.log({"phase": phase, "event": "resumed", "from_epoch": partial["epoch"], "epochs": epochs})
         result = train(
             self.model, self.mask, self.data, self.settings, epochs, seed=self.seed, phase=phase, on_step=on_step,
             loss_fn=loss_fn, resume=partial, start_step=start_step,

@@ -158,7 +158,7 @@ def train(
                 if new_mask is not None:
                     mask = new_mask
                     weights, keeps = enforce(mask)
-        record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1, "step": step,
+        record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1, "epochs": epochs, "step": step,
                                   "train_loss": loss_sum.item() / seen, "lr": scheduler.get_last_lr()[0]}
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
             val = evaluate(model, data.val, settings.eval_batch_size)

@@ -29,13 +29,19 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(group: str, option: str):
-    cfg = composed(f"{group}={option}")
+def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("init", "checkpoint"):  # not a draw: it loads a file, here one of the very net below
+        saved = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 4))
+        torch.save(saved.state_dict(), tmp_path / "weights.pt")
+        overrides.append(f"init.path={tmp_path / 'weights.pt'}")
+    cfg = composed(*overrides)
     spec = compose_run(cfg, {group: option})
     built = getattr(spec, group)
     if group == "model":
-        # A partial of an nn.Module class taking the DataInfo first; its YAML keys must bind.
-        assert issubclass(built.func, nn.Module)
+        # A partial of an nn.Module class (or a function building one) taking the DataInfo first; its YAML
+        # keys must bind.
+        assert issubclass(built.func, nn.Module) if inspect.isclass(built.func) else callable(built.func)
         inspect.signature(built.func).bind(None, *built.args, **built.keywords)
     elif group == "pruner":
         assert isinstance(built, Pruner)
@@ -43,6 +49,10 @@ def test_option_composes_and_instantiates(group: str, option: str):
         assert isinstance(built, TrainSettings)
         optimizer = built.optimizer([nn.Parameter(torch.zeros(3))], lr=built.lr)
         assert isinstance(optimizer, torch.optim.Optimizer)
+    elif (group, option) == ("init", "checkpoint"):
+        model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 4))
+        built(model, torch.Generator().manual_seed(1))
+        assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), model.parameters())), "the file's weights"
     elif group == "init":
         model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 4))
         before = [p.detach().clone() for p in model.parameters()]

@@ -1,0 +1,145 @@
+"""prune_lab from Python (a notebook, a script): `run` an experiment from overrides, `load_run` a finished one.
+
+    from prune_lab import run, load_run
+    result = run("pruner=random", "sparsity=0.8", run_dir="runs/random80")
+    result.levels[-1]["test_acc"], result.masks, result.model()
+
+`run` composes conf/ with Hydra's compose API and the same overrides the command line takes, then runs the
+very recipe `python -m prune_lab` runs (same config hash: a folder finished by one is complete for the other).
+Progress lines go to `<run_dir>/run.log`, and to stdout when nothing else has configured logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune_lab.errors import UserError
+from prune_lab.results import METRICS, read_results
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run's folder, read: results.json, metrics.jsonl and model.pt."""
+
+    path: Path
+    results: dict[str, Any]  # results.json: choices, config, levels, timings, versions
+
+    @property
+    def levels(self) -> list[dict[str, Any]]:
+        """One dict per evaluated level (dense first): sparsity, test_acc, val_acc, layers, ..."""
+        return self.results["levels"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config the run ran (plain dicts and lists)."""
+        return self.results["config"]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl: one record per epoch ({phase, epoch, epochs, train_loss, val_acc...}), then per level."""
+        import json
+
+        return [json.loads(line) for line in (self.path / METRICS).read_text().splitlines() if line.strip()]
+
+    def _saved(self) -> dict[str, Any]:
+        return torch.load(self.path / "model.pt", map_location="cpu", weights_only=True)
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> bool tensor of the final mask (True: the weight survives)."""
+        return self._saved()["masks"]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The final weights (zero where the masks say)."""
+        return self._saved()["state_dict"]
+
+    def model(self) -> nn.Module:
+        """The final network, rebuilt from the run's model config and loaded with its weights (on the CPU, in
+        eval mode). The dataset is loaded for its shapes (and a graph's adjacency), as the run did."""
+        from hydra.utils import instantiate
+
+        from prune_lab.cache import load_once
+
+        data = load_once(instantiate(self.config["dataset"], _convert_="all"))
+        net = instantiate(self.config["model"], _convert_="all")(data.info)
+        net.load_state_dict(self.state_dict())
+        return net.eval()
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """A finished run's folder; one that is missing or did not finish (no results.json) is refused."""
+    path = Path(run_dir).expanduser().resolve()
+    results = read_results(path)
+    if results is None:
+        hint = " (error.json says why it failed)" if (path / "error.json").exists() else ""
+        raise UserError(f"{path} holds no finished run: no valid results.json{hint}")
+    return Run(path, results)
+
+
+def compose(*overrides: str, config_dir: str | Path | None = None) -> tuple[Any, dict[str, str]]:
+    """(the composed DictConfig without its `hydra` node, the option chosen in each group) for `overrides`.
+
+    `config_dir`: a folder of your own config groups (model/my_net.yaml, ...), searched before prune_lab's
+    conf/, as `--config-dir` does on the command line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    from prune_lab.config import CONF_DIR
+
+    extra = []
+    if config_dir is not None:
+        extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="prune_lab"):
+        cfg = hydra_compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]  # the command line's task function never sees it either: same config, same hash
+    return cfg, choices
+
+
+@contextlib.contextmanager
+def _progress_to(log_file: Path) -> Iterator[None]:
+    """Progress lines into the run folder's run.log, and to stdout unless the caller configured logging."""
+    logger = logging.getLogger("prune_lab")
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
+    if not logging.getLogger().handlers and not logger.handlers:
+        handlers.append(logging.StreamHandler(sys.stdout))
+    level = logger.level
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(level)
+
+
+def run(*overrides: str, run_dir: str | Path, config_dir: str | Path | None = None) -> Run:
+    """Run one experiment, e.g. run("pruner=random", "sparsity=0.8", run_dir="runs/r80"), and load it.
+
+    Overrides are the command line's (no -m: one run; loop in Python to sweep). A folder already holding
+    this run's results is not run again; one holding another configuration's results is refused."""
+    from prune_lab.__main__ import run as run_spec
+    from prune_lab.config import compose_run
+
+    cfg, choices = compose(*overrides, config_dir=config_dir)
+    spec = compose_run(cfg, choices)
+    path = Path(run_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    with _progress_to(path / "run.log"):
+        run_spec(spec, path, list(overrides))
+    return load_run(path)

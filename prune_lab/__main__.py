@@ -22,8 +22,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from prune_lab.cache import DenseCache, load_once
+from prune_lab.collapse import refuse_certain_collapse
 from prune_lab.config import RunSpec, compose_run
 from prune_lab.errors import UserError
+from prune_lab.guard import WHERE, guarded
 from prune_lab.job import Job
 from prune_lab.results import (
     METRICS,
@@ -36,7 +38,7 @@ from prune_lab.results import (
     write_results,
 )
 from prune_lab.seeding import generator, seed_everything
-from prune_lab.storage import PhaseStore
+from prune_lab.storage import PhaseStore, clean_leftovers
 from prune_lab.threads import apply_threads
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -61,6 +63,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     if done is not None:
         if done.get("config_hash") == spec.config_hash:
             print(f"prune_lab: {run_dir} is already complete (config {spec.config_hash}); skipping")
+            clean_leftovers(run_dir, keep_checkpoints=spec.keep_checkpoints)  # of a kill during the last writes
             return done
         raise UserError(
             f"{run_dir} holds results of another configuration (hash {done.get('config_hash')}, this run "
@@ -69,14 +72,16 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)  # parallel runs must not each claim every core
     seed_everything(spec.seed)
+    cache = DenseCache.open(spec.cache_dir, spec.config, device)  # an unwritable cache_dir stops us before the data
     data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
     model = spec.model(data.info)
     spec.init(model, generator(spec.seed, "init"))
     model = model.to(device)
     prunable = spec.prunable.names(model)
+    sizes = {name: p.numel() for name, p in model.named_parameters() if name in prunable}
+    refuse_certain_collapse(sizes, spec.sparsity, spec.config.get("pruner") or {})
     store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
     metrics = MetricsLog(run_dir / METRICS)
-    cache = DenseCache.open(spec.cache_dir, spec.config, device)
     job = Job(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)
 
     spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
@@ -119,6 +124,8 @@ def summary(record: dict[str, Any], path: Path) -> str:
     for level in record["levels"]:
         lines.append(f"  {level['name']:<10} sparsity {level['sparsity']:.3f} (target {level['target_sparsity']:.3f})"
                      f"  test acc {level['test_acc']:.4f}  test loss {level['test_loss']:.4f}")
+        if level.get("collapsed_layers"):
+            lines.append(f"    warning: layer collapse: no weight left in {', '.join(level['collapsed_layers'])}")
     lines.append(f"  results: {path}  ({record['wall_time_s']:.1f} s)")
     return "\n".join(lines)
 
@@ -128,6 +135,7 @@ def hydra_main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    WHERE["run_dir"] = str(run_dir)
     try:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
         run(spec, run_dir, overrides)
@@ -142,7 +150,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    hydra_main()
+    guarded(hydra_main)  # unwritable folders, Hydra's errors and Ctrl-C as one line (prune_lab.guard)
 
 
 if __name__ == "__main__":

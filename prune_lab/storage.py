@@ -9,13 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from prune_lab.errors import UserError
+
+T = TypeVar("T")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -48,6 +54,53 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         raise
 
 
+def build_once(lock_path: Path, load: Callable[[bool], T | None], build: Callable[[], T],
+               waiting: str) -> tuple[T, bool]:
+    """Something made once across processes and nodes (a dense-cache entry, an unpacked dataset file).
+
+    `load(locked)` returns the finished, verified product or None (missing, partial, or failing its check;
+    with `locked` True it may also discard a bad one, since no one else is building it then). `build()`
+    makes it, writing every file atomically (a temp name, then a rename) with its check last, and returns it.
+    A process that finds no product takes an exclusive lock on `lock_path` (fcntl `flock` through the
+    `filelock` package) and, if the product is still missing, builds it; the others wait for the lock
+    (printing `waiting`) and then load what it built. The kernel drops the lock when its holder dies, so a
+    killed builder leaves no stale lock: the next waiter builds instead. Where locking fails outright
+    (ENOLCK on an NFS mount without locks, a read-only folder), it builds without the lock and says so:
+    that may cost time, never correctness, because each builder renames whole, identical files into place.
+    Returns (product, built_here).
+    """
+    from filelock import FileLock, Timeout
+
+    found = load(False)
+    if found is not None:
+        return found, False
+    lock = FileLock(str(lock_path))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"prune_lab: {waiting}", file=sys.stderr, flush=True)
+            lock.acquire()
+    except OSError as e:
+        print(f"prune_lab: cannot lock {lock_path} ({e}); going on without the lock", file=sys.stderr, flush=True)
+        return build(), True
+    try:
+        found = load(True)  # built by the process we waited for
+        if found is not None:
+            return found, False
+        return build(), True
+    finally:
+        lock.release()
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a bad file out of the way (kept for a post-mortem, never read again): `<name>.corrupt-<time>`."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+        os.replace(path, aside)
+    return aside
+
+
 class PhaseStore:
     """`checkpoints/` of one run: `<phase>.done.pt` for finished phases, `<phase>.partial.pt` for one under way.
 
@@ -73,7 +126,16 @@ class PhaseStore:
         path = self._path(name, kind)
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+            return state
+        except Exception as e:  # torn by a disk fault, overwritten, truncated: never fatal, never used
+            aside = set_aside(path)
+            print(f"prune_lab: checkpoint {path} does not load ({type(e).__name__}: {str(e)[:120]}); moved it to "
+                  f"{aside.name} and this phase restarts from the last good point", file=sys.stderr, flush=True)
+            return None
 
     def save(self, name: str, kind: str, state: dict[str, Any]) -> None:
         atomic_torch_save(self._path(name, kind), state)
@@ -88,3 +150,17 @@ class PhaseStore:
         (self.folder / "config_hash").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()
+
+
+def clean_leftovers(run_dir: Path, keep_checkpoints: bool = False) -> None:
+    """What a complete run no longer needs: temp files of a kill during its last writes and, unless kept,
+    its checkpoints (a kill between writing results.json and clearing them leaves them behind)."""
+    removed = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    checkpoints = run_dir / "checkpoints"
+    if not keep_checkpoints and checkpoints.is_dir():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        removed.append(checkpoints)
+    if removed:
+        print(f"prune_lab: removed leftovers of an interrupted finish: {', '.join(p.name for p in removed)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, read_json, results_below, run_cli
+from conftest import SHARED_DATA, read_json, results_below, run_cli, write_cifar10_files
 from test_resume_kill import computed
+from test_slurm import slurm_cluster  # noqa: F401  (the fixture that starts the real test cluster)
 
 from prune_lab.data.torchvision_sets import idx_problem
 
@@ -191,6 +193,25 @@ def test_a_torn_unpacked_file_without_its_gz_gets_one_line_and_the_fix_works(tmp
     outcome("one-line fix", 1, "truncated unpacked MNIST file, no gz")
 
 
+def test_a_truncated_cifar_batch_without_md5_checks_gets_one_line_and_the_fix_works(tmp_path: Path,
+                                                                                  outcome) -> None:
+    folder = write_cifar10_files(tmp_path / "data", per_batch=20, n_test=20)
+    batch = folder / "data_batch_4"
+    good = batch.read_bytes()
+    batch.write_bytes(good[: len(good) // 3])
+    args = [f"hydra.run.dir={tmp_path / 'run'}", "dataset=cifar10", f"dataset.data_dir={tmp_path / 'data'}",
+            "dataset.verify_md5=false", "dataset.val_size=20", "model=conv2", "train.epochs=1",
+            "train.finetune_epochs=1", "device=cpu",
+            "threads=1", "cache_dir=null"]
+    done = run_cli(*args, cwd=tmp_path)
+    (line,) = stderr_lines(done)
+    assert done.returncode == 2 and str(batch) in line
+    batch.write_bytes(good)
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    outcome("one-line fix", 1, "truncated CIFAR-10 batch, md5 checks off")
+
+
 # --- kills and interrupts during training ------------------------------------------------------------------
 
 @pytest.mark.parametrize("when", ["dense.partial.pt", "finetune.partial.pt"])
@@ -339,3 +360,38 @@ def test_an_unwritable_folder_is_one_line_and_pointing_elsewhere_works(tmp_path:
     again = run_cli(*good, *rest, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     outcome("one-line fix", 1, f"{where} under a file")
+
+
+# --- the same on the real SLURM test cluster ---------------------------------------------------------------
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_slurm_sweep_reports_every_failed_job_and_the_relaunch_retries_only_those(tmp_path: Path,
+                                                                                   outcome) -> None:
+    sweep = tmp_path / "sweep"
+    grid = [f"hydra.sweep.dir={sweep}", "hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10", *PENGUINS[:2], "train.epochs=3",
+            "train.finetune_epochs=2", "seed=0,1,2", "cache_dir=null"]
+
+    def folder_of(seed: int) -> Path:
+        return sweep / f"seed={seed},train.epochs=3,train.finetune_epochs=2"
+
+    for seed in (0, 2):
+        folder_of(seed).mkdir(parents=True)
+        (folder_of(seed) / "results.json").write_text(json.dumps({"status": "ok", "config_hash": "0123456789abcdef"}))
+    done = run_cli("-m", *grid, cwd=tmp_path, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    report = done.stdout + done.stderr
+    assert "2 of 3 sweep job(s) failed; the other 1 finished" in report, report[-3000:]
+    for seed in (0, 2):
+        assert f"run folder: {folder_of(seed)}" in report and f"{folder_of(seed)} holds results of another" in report
+    assert len(re.findall(r"log: \S+_log\.err", report)) == 2
+    kept = folder_of(1) / "results.json"
+    before = kept.read_bytes()
+    for seed in (0, 2):
+        shutil.rmtree(folder_of(seed))
+    again = run_cli("-m", *grid, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Skipped 1 complete run(s)" in again.stdout + again.stderr
+    assert len(results_below(sweep)) == 3 and kept.read_bytes() == before
+    outcome("one-line fix", 1, "2 of 3 jobs fail (SLURM launcher)")

@@ -79,7 +79,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     model = model.to(device)
     prunable = spec.prunable.names(model)
     sizes = {name: p.numel() for name, p in model.named_parameters() if name in prunable}
-    refuse_certain_collapse(sizes, spec.sparsity, spec.config.get("pruner") or {})
+    refuse_certain_collapse(sizes, spec.config.get("pruner") or {})
     store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
     metrics = MetricsLog(run_dir / METRICS)
     job = Job(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)

@@ -7,6 +7,7 @@ a rerun after `kill -9`) sees either the old complete file or the new complete o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -82,7 +83,8 @@ def build_once(lock_path: Path, load: Callable[[bool], T | None], build: Callabl
             print(f"prune_lab: {waiting}", file=sys.stderr, flush=True)
             lock.acquire()
     except OSError as e:
-        print(f"prune_lab: cannot lock {lock_path} ({e}); going on without the lock", file=sys.stderr, flush=True)
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):  # those fail the build too, with its own line
+            print(f"prune_lab: cannot lock {lock_path} ({e}); going on without the lock", file=sys.stderr, flush=True)
         return build(), True
     try:
         found = load(True)  # built by the process we waited for

@@ -395,3 +395,51 @@ def test_a_slurm_sweep_reports_every_failed_job_and_the_relaunch_retries_only_th
     assert "Skipped 1 complete run(s)" in again.stdout + again.stderr
     assert len(results_below(sweep)) == 3 and kept.read_bytes() == before
     outcome("one-line fix", 1, "2 of 3 jobs fail (SLURM launcher)")
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """A read-only bind mount of tmp_path/src at tmp_path/ro (a read-only mount as on a cluster; needs root)."""
+    src, mnt = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode:
+        pytest.skip("a read-only bind mount needs root and mount permission")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], check=True, capture_output=True)
+        yield src, mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_read_only_data_folder_with_only_gz_files_gets_one_line_and_the_fix_works(tmp_path: Path, read_only,
+                                                                                   outcome) -> None:
+    src, mnt = read_only
+    (src / "MNIST" / "raw").mkdir(parents=True)
+    for gz in (SHARED_DATA / "MNIST" / "raw").glob("*.gz"):
+        shutil.copy(gz, src / "MNIST" / "raw" / gz.name)
+    args = [f"hydra.run.dir={tmp_path / 'run'}", *MNIST_TINY]
+    done = run_cli(*args, f"dataset.data_dir={mnt}", cwd=tmp_path)
+    (line,) = stderr_lines(done)
+    assert done.returncode == 2 and "cannot unpack" in line and "dataset.data_dir" in line
+    shutil.copytree(mnt, tmp_path / "writable")  # the fix the line names
+    again = run_cli(*args, f"dataset.data_dir={tmp_path / 'writable'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    outcome("one-line fix", 1, "read-only data folder holding only .gz files")
+
+
+@pytest.mark.parametrize("where", ["hydra.run.dir", "hydra.sweep.dir", "cache_dir"])
+def test_a_read_only_mount_as_output_folder_is_one_line(tmp_path: Path, read_only, where: str, outcome) -> None:
+    _, mnt = read_only
+    rest = [*PENGUINS[:2], "train.epochs=2", "train.finetune_epochs=1"]
+    if where == "cache_dir":
+        rest.append(f"hydra.run.dir={tmp_path / 'run'}")
+    if where == "hydra.sweep.dir":
+        rest.append("-m")
+    done = run_cli(f"{where}={mnt / 'out'}", *rest, cwd=tmp_path)
+    (line,) = stderr_lines(done)
+    assert done.returncode == 2 and str(mnt) in line and where in line
+    assert not results_below(tmp_path)
+    again = run_cli(f"{where}={tmp_path / 'out'}", *rest, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    outcome("one-line fix", 1, f"{where} on a read-only mount")

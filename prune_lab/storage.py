@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -103,6 +105,9 @@ def set_aside(path: Path) -> Path:
     return aside
 
 
+CHECKSUM = b"\nprune_lab sha256 "  # a checkpoint's last bytes: this, then the hex sha256 of what precedes it
+
+
 class PhaseStore:
     """`checkpoints/` of one run: `<phase>.done.pt` for finished phases, `<phase>.partial.pt` for one under way.
 
@@ -112,9 +117,10 @@ class PhaseStore:
     def __init__(self, folder: Path, config_hash: str):
         self.folder = folder
         marker = folder / "config_hash"
-        if marker.exists() and marker.read_text().strip() != config_hash:
+        recorded = marker.read_text(errors="replace").strip() if marker.exists() else None
+        if recorded is not None and recorded != config_hash:
             raise UserError(
-                f"{folder} holds checkpoints of another configuration (hash {marker.read_text().strip()}, this run "
+                f"{folder} holds checkpoints of another configuration (hash {recorded!r}, this run "
                 f"{config_hash}); run into a new folder (hydra.run.dir=... or hydra.sweep.dir=...) or delete it"
             )
         folder.mkdir(parents=True, exist_ok=True)
@@ -129,7 +135,13 @@ class PhaseStore:
         if not path.exists():
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            raw = path.read_bytes()
+            data, digest = raw, None
+            if raw[-(len(CHECKSUM) + 64):].startswith(CHECKSUM):  # written with its sha256 (older ones without)
+                data, digest = raw[: -(len(CHECKSUM) + 64)], raw[-64:].decode()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise ValueError("its bytes fail their sha256 check")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
             if not isinstance(state, dict):
                 raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
             return state
@@ -140,7 +152,10 @@ class PhaseStore:
             return None
 
     def save(self, name: str, kind: str, state: dict[str, Any]) -> None:
-        atomic_torch_save(self._path(name, kind), state)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()  # + its sha256, so a flipped byte is caught, not trained on
+        atomic_write_bytes(self._path(name, kind), data + CHECKSUM + hashlib.sha256(data).hexdigest().encode())
 
     def drop(self, name: str, kind: str) -> None:
         self._path(name, kind).unlink(missing_ok=True)

@@ -58,6 +58,17 @@ def test_a_checkpoint_that_does_not_load_is_set_aside_and_counts_as_absent(tmp_p
     assert store.load("dense", "done") == {"model": {}}
 
 
+def test_a_checkpoint_with_a_flipped_byte_fails_its_checksum(tmp_path: Path, capsys) -> None:
+    store = PhaseStore(tmp_path / "checkpoints", "abc")
+    store.save("dense", "partial", {"model": {"w": torch.arange(1000.0)}, "epoch": 3})
+    path = tmp_path / "checkpoints" / "dense.partial.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, inside the tensor's bytes: torch alone may not notice
+    path.write_bytes(bytes(data))
+    assert store.load("dense", "partial") is None
+    assert "fail their sha256 check" in capsys.readouterr().err
+
+
 def test_clean_leftovers_removes_temp_files_and_checkpoints_unless_kept(tmp_path: Path) -> None:
     (tmp_path / ".masks.json.x1.tmp").write_text("{")
     (tmp_path / "checkpoints").mkdir()

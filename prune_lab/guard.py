@@ -8,7 +8,8 @@
   override syntax) become one line naming the closest valid choices or keys (difflib), instead of Hydra's
   multi-line message that suggests `+train.lrr=0.1` (which would add the typo'd key);
 - Ctrl-C prints one line saying the run was interrupted and the command that resumes it (exit 130);
-- a sweep with failed jobs prints the launcher's report of every failure and exits 1.
+- a sweep with failed jobs prints the launcher's report of every failure and exits 1 (2 when every failure
+  was bad input, as a single run exits).
 
 Hydra re-raises errors to us (instead of printing them itself) because `HYDRA_FULL_ERROR=1` is set for this
 process; a user who sets it themselves gets Hydra's full tracebacks as before.
@@ -153,7 +154,7 @@ def guarded(hydra_main: Callable[[], None]) -> None:
     except Exception as e:
         if type(e).__name__ == "SweepJobsFailed":  # the launcher's report of every failed job
             print(f"prune_lab: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            sys.exit(getattr(e, "exit_code", 1))  # 2 when every failure was bad input
         line = None if full_error else describe_hydra_error(e)
         if line is None:
             traceback.print_exc()

@@ -324,7 +324,7 @@ def test_a_sweep_runs_every_job_reports_every_failure_and_the_relaunch_retries_o
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps({"status": "ok", "config_hash": "0123456789abcdef"}))
     done = run_cli("-m", *grid, cwd=tmp_path, timeout=600)
-    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]  # every failure is bad input (a foreign folder)
     report = done.stdout + done.stderr
     assert "2 of 4 sweep job(s) failed; the other 2 finished" in report, report[-3000:]
     for seed in (1, 3):
@@ -380,7 +380,7 @@ def test_a_slurm_sweep_reports_every_failed_job_and_the_relaunch_retries_only_th
         folder_of(seed).mkdir(parents=True)
         (folder_of(seed) / "results.json").write_text(json.dumps({"status": "ok", "config_hash": "0123456789abcdef"}))
     done = run_cli("-m", *grid, cwd=tmp_path, timeout=600)
-    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]  # every failure is bad input (a foreign folder)
     report = done.stdout + done.stderr
     assert "2 of 3 sweep job(s) failed; the other 1 finished" in report, report[-3000:]
     for seed in (0, 2):

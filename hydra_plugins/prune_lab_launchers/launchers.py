@@ -3,7 +3,8 @@
 The stock launcher (hydra_plugins.hydra_submitit_launcher) collects results in submission order and
 raises at the first failed job, so the user loses sight of every job after it and never learns where the
 failed job's log is. These launchers wait for every job, report each failure with the job's log files and
-run folder, print a one-line summary, and only then fail the sweep (exit status 1), naming all failures.
+run folder, print a one-line summary, and only then fail the sweep (exit status 1; 2 when every failure is
+bad input, as a single run exits), naming all failures.
 Each run's results are in its own folder whatever happens to the others. `BasicLauncher` (the default,
 one process: conf/hydra/launcher/one_process.yaml) does the same for Hydra's in-process launcher, which
 stops the sweep at the first job that exits (a config error) and reports only the first failure.
@@ -38,7 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class SweepJobsFailed(RuntimeError):
-    """Some jobs of a sweep failed; the message lists each with its log file."""
+    """Some jobs of a sweep failed; the message lists each with its log file.
+
+    `exit_code`: 2 when every failure is bad input (as a single run exits), else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Failure(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this module outside sys.modules
@@ -48,6 +55,7 @@ class Failure(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this mod
     reason: str
     logs: list[Path]
     run_dir: Path | None
+    config_error: bool = False  # the run refused its input (prune_lab's exit status 2), rather than crashed
 
     def describe(self) -> str:
         lines = [f"job {self.job_id} (#{self.index}: {' '.join(self.overrides) or 'no overrides'}): {self.reason}"]
@@ -82,7 +90,8 @@ def _report(failures: list[Failure], total: int, sweep_dir: Path) -> SweepJobsFa
     return SweepJobsFailed(
         f"{len(failures)} of {total} sweep job(s) failed; the other {done} finished and kept their "
         f"results in {sweep_dir}.\n" + "\n".join(f.describe() for f in failures)
-        + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume."
+        + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume.",
+        exit_code=2 if all(f.config_error for f in failures) else 1,
     )
 
 
@@ -121,6 +130,7 @@ class BasicLauncher(_HydraBasicLauncher):
                 sweep_config.hydra.job.num = idx
             run_dir = Path(str(sweep_config.hydra.sweep.dir)).absolute() / str(sweep_config.hydra.sweep.subdir)
             logs = [run_dir / f"{sweep_config.hydra.job.name}.log"]
+            config_error = False
             try:
                 ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
                               config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -131,11 +141,13 @@ class BasicLauncher(_HydraBasicLauncher):
                     raise
                 ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
                 reason = _error_json(run_dir) or f"exited with status {e.code}"
+                config_error = e.code == 2
             finally:
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             if reason is not None:
                 ret.status = JobStatus.FAILED
-                failures.append(Failure(idx, str(idx), shown, reason, [p for p in logs if p.exists()], run_dir))
+                failures.append(Failure(idx, str(idx), shown, reason, [p for p in logs if p.exists()], run_dir,
+                                        config_error))
                 log.error(f"FAILED {failures[-1].describe()}")
             runs.append(ret)
         log.info(f"Sweep finished: {len(runs) - len(failures)} of {len(runs)} run(s) complete; results in "
@@ -243,7 +255,7 @@ class _Collecting(BaseSubmititLauncher):
                 reason = f"ended without a result (state {state}): {detail}"
                 ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
                 failures.append(Failure(idx, job.job_id, list(filter_overrides(overrides)), reason, logs,
-                                        self._run_dir(overrides)))
+                                        self._run_dir(overrides), bool(detail.startswith("prune_lab: error:"))))
             else:
                 if ret.status == JobStatus.FAILED:  # the run raised; prune_lab wrote error.json in its folder
                     error = ret._return_value

@@ -23,8 +23,10 @@ from omegaconf import DictConfig
 
 from prune_lab.bookkeeping import experiment_config, flatten
 from prune_lab.cache import DenseCache, load_once
+from prune_lab.collapse import refuse_certain_collapse
 from prune_lab.config import CONF_DIR, RunSpec, compose_run
 from prune_lab.errors import UserError
+from prune_lab.guard import WHERE, guarded
 from prune_lab.job import Job
 from prune_lab.loggers import Trackers
 from prune_lab.objectives import build_objective
@@ -40,7 +42,7 @@ from prune_lab.results import (
     write_results,
 )
 from prune_lab.seeding import generator, seed_everything
-from prune_lab.storage import PhaseStore
+from prune_lab.storage import PhaseStore, clean_leftovers
 from prune_lab.threads import apply_threads
 
 # Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
@@ -72,6 +74,7 @@ def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device
     device = resolve_device(spec.device) if device is None else device
     threads = apply_threads(spec.threads) if threads is None else threads  # parallel runs share the cores
     seed_everything(spec.seed)
+    cache = DenseCache.open(spec.cache_dir, spec.config, device, threads)  # an unwritable cache_dir stops us first
     data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
     model = spec.model(data.info)
     spec.init(model, generator(spec.seed, "init"))
@@ -79,9 +82,9 @@ def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device
     prunable = spec.prunable.names(model)
     params = dict(model.named_parameters())
     spec.pruner.check({n: tuple(params[n].shape) for n in prunable})  # an unreachable target stops here
+    refuse_certain_collapse({n: params[n].numel() for n in prunable}, spec.config.get("pruner") or {})
     store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
     metrics = MetricsLog(run_dir / METRICS)
-    cache = DenseCache.open(spec.cache_dir, spec.config, device, threads)
     return job_type(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)
 
 
@@ -92,6 +95,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     if done is not None:
         if done.get("config_hash") == spec.config_hash:
             print(f"prune_lab: {run_dir} is already complete (config {spec.config_hash}); skipping")
+            clean_leftovers(run_dir, keep_checkpoints=spec.keep_checkpoints)  # of a kill during the last writes
             return done
         raise UserError(
             f"{run_dir} holds results of another configuration "
@@ -152,6 +156,8 @@ def summary(record: dict[str, Any], path: Path) -> str:
         lines.append(f"  {level['name']:<10} sparsity {level['sparsity']:.3f} (target {level['target_sparsity']:.3f})"
                      f"  test acc {level['test_acc']:.4f}  test loss {level['test_loss']:.4f}"
                      f"  ({level['epochs_trained']:g} epoch{'' if level['epochs_trained'] == 1 else 's'})")
+        if level.get("collapsed_layers"):
+            lines.append(f"    warning: layer collapse: no weight left in {', '.join(level['collapsed_layers'])}")
     lines.append(f"  results: {path}  ({record['wall_time_s']:.1f} s)")
     return "\n".join(lines)
 
@@ -161,6 +167,7 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    WHERE["run_dir"] = str(run_dir)
     try:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
         objective = build_objective(spec.config)  # a bad objective stops here, before training
@@ -177,7 +184,7 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    hydra_main()
+    guarded(hydra_main)  # unwritable folders, Hydra's errors and Ctrl-C as one line (prune_lab.guard)
 
 
 if __name__ == "__main__":

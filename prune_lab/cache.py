@@ -47,7 +47,7 @@ import torch
 import prune_lab
 from prune_lab import bookkeeping
 from prune_lab.errors import UserError
-from prune_lab.storage import atomic_write_bytes, atomic_write_json
+from prune_lab.storage import atomic_write_bytes, atomic_write_json, build_once
 
 FORMAT = 1  # bump when the entry layout or what the key covers changes
 # Keys of the resolved config a dense phase does not depend on beyond bookkeeping (prune_lab.bookkeeping):
@@ -216,32 +216,14 @@ class DenseCache:
                                           "identity": dict(identity)})
 
     def fetch_or_train(self, phase: str, epochs: int, train: Callable[[], dict[str, Any]]) -> CacheOutcome:
-        """The phase's outcome from the cache, or `train()`'s, stored for the next job. One trains at a time."""
-        from filelock import FileLock, Timeout
-
+        """The phase's outcome from the cache, or `train()`'s, stored for the next job. One trains at a time
+        (prune_lab.storage.build_once: the same lock-then-check-again mechanism that prepares datasets)."""
         key = self.key(phase, epochs)
-        cached = self.load(key)
-        if cached is not None:
-            return CacheOutcome(key, True, cached)
-        lock = FileLock(str(self._paths(key)[2]))
-        try:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                print(f"prune_lab: another job is training this dense network (cache key {key}); waiting for it",
-                      file=sys.stderr)
-                lock.acquire()
-        except OSError as e:  # e.g. ENOLCK on an NFS mount without locking
-            print(f"prune_lab: cannot lock {self._paths(key)[2]} ({e}); training without the lock",
-                  file=sys.stderr)
-            return self._train_and_store(key, phase, epochs, train)
-        try:
-            cached = self.load(key)  # trained by the job we waited for
-            if cached is not None:
-                return CacheOutcome(key, True, cached)
-            return self._train_and_store(key, phase, epochs, train)
-        finally:
-            lock.release()
+        state, trained = build_once(
+            self._paths(key)[2], lambda locked: self.load(key),
+            lambda: self._train_and_store(key, phase, epochs, train).state,
+            f"another job is training this dense network (cache key {key}); waiting for it")
+        return CacheOutcome(key, not trained, state)
 
     def _train_and_store(self, key: str, phase: str, epochs: int,
                          train: Callable[[], dict[str, Any]]) -> CacheOutcome:

@@ -27,6 +27,7 @@ from prune_lab.options import options_help
 from prune_lab.pruners.base import Pruner, check_sparsity
 from prune_lab.threads import resolve_threads
 from prune_lab.training import TrainSettings
+from prune_lab.validate import check_range, check_value
 from prune_lab.weights import file_sha256
 
 GROUPS = ("dataset", "model", "init", "pruner", "train")
@@ -99,9 +100,14 @@ def recorded_choice(group: str, choices: Mapping[str, str]) -> str:
     return f"{name}({','.join(nested)})" if nested else name
 
 
+# What torch's and numpy's seeding take without two seeds meaning the same stream: a signed 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
 def check_seed(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"seed={value!r} must be an integer, e.g. seed=0 or seed=0,1,2 with -m")
+    check_range(value, "seed", *SEED_RANGE, example="seed=0")
     return value
 
 
@@ -146,7 +152,7 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
         device=device,
         threads=threads,
         prunable=prunable,
-        keep_checkpoints=bool(cfg.get("keep_checkpoints", False)),
+        keep_checkpoints=check_value(cfg.get("keep_checkpoints", False), (bool,), "keep_checkpoints"),
         choices={g: recorded_choice(g, choices) for g in (*GROUPS, "experiment") if choices.get(g) is not None},
         config=config,
         config_hash=config_hash(config),

@@ -55,6 +55,7 @@ class Level:
     prunable_nonzero: int
     layers: dict[str, dict[str, float]]  # parameter name -> numel, nonzero, sparsity
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific: round, score before fine-tuning, ...
+    collapsed_layers: list[str] = field(default_factory=list)  # prunable layers with no nonzero weight left
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -85,4 +86,5 @@ def measure_level(
             n: {"numel": s.numel, "nonzero": s.nonzero, "sparsity": s.sparsity} for n, s in layers.items()
         },
         extra=dict(extra),
+        collapsed_layers=[n for n, s in layers.items() if s.numel and s.nonzero == 0],
     )

@@ -7,15 +7,24 @@ a rerun after `kill -9`) sees either the old complete file or the new complete o
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
+import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from prune_lab.errors import UserError
+
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -61,6 +70,57 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         raise
 
 
+def build_once(lock_path: Path, load: Callable[[bool], T | None], build: Callable[[], T],
+               waiting: str) -> tuple[T, bool]:
+    """Something made once across processes and nodes (a dense-cache entry, an unpacked dataset file).
+
+    `load(locked)` returns the finished, verified product or None (missing, partial, or failing its check;
+    with `locked` True it may also discard a bad one, since no one else is building it then). `build()`
+    makes it, writing every file atomically (a temp name, then a rename) with its check last, and returns it.
+    A process that finds no product takes an exclusive lock on `lock_path` (fcntl `flock` through the
+    `filelock` package) and, if the product is still missing, builds it; the others wait for the lock
+    (printing `waiting`) and then load what it built. The kernel drops the lock when its holder dies, so a
+    killed builder leaves no stale lock: the next waiter builds instead. Where locking fails outright
+    (ENOLCK on an NFS mount without locks, a read-only folder), it builds without the lock and says so:
+    that may cost time, never correctness, because each builder renames whole, identical files into place.
+    Returns (product, built_here).
+    """
+    from filelock import FileLock, Timeout
+
+    found = load(False)
+    if found is not None:
+        return found, False
+    lock = FileLock(str(lock_path))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"prune_lab: {waiting}", file=sys.stderr, flush=True)
+            lock.acquire()
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):  # those fail the build too, with its own line
+            print(f"prune_lab: cannot lock {lock_path} ({e}); going on without the lock", file=sys.stderr, flush=True)
+        return build(), True
+    try:
+        found = load(True)  # built by the process we waited for
+        if found is not None:
+            return found, False
+        return build(), True
+    finally:
+        lock.release()
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a bad file out of the way (kept for a post-mortem, never read again): `<name>.corrupt-<time>`."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+        os.replace(path, aside)
+    return aside
+
+
+CHECKSUM = b"\nprune_lab sha256 "  # a checkpoint's last bytes: this, then the hex sha256 of what precedes it
+
+
 class PhaseStore:
     """`checkpoints/` of one run: `<phase>.done.pt` for finished phases, `<phase>.partial.pt` for one under way.
 
@@ -70,9 +130,10 @@ class PhaseStore:
     def __init__(self, folder: Path, config_hash: str):
         self.folder = folder
         marker = folder / "config_hash"
-        if marker.exists() and marker.read_text().strip() != config_hash:
+        recorded = marker.read_text(errors="replace").strip() if marker.exists() else None
+        if recorded is not None and recorded != config_hash:
             raise UserError(
-                f"{folder} holds checkpoints of another configuration (hash {marker.read_text().strip()}, this run "
+                f"{folder} holds checkpoints of another configuration (hash {recorded!r}, this run "
                 f"{config_hash}); run into a new folder (hydra.run.dir=... or hydra.sweep.dir=...) or delete it"
             )
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,10 +147,28 @@ class PhaseStore:
         path = self._path(name, kind)
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            raw = path.read_bytes()
+            data, digest = raw, None
+            if raw[-(len(CHECKSUM) + 64):].startswith(CHECKSUM):  # written with its sha256 (older ones without)
+                data, digest = raw[: -(len(CHECKSUM) + 64)], raw[-64:].decode()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise ValueError("its bytes fail their sha256 check")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            if not isinstance(state, dict):
+                raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+            return state
+        except Exception as e:  # torn by a disk fault, overwritten, truncated: never fatal, never used
+            aside = set_aside(path)
+            print(f"prune_lab: checkpoint {path} does not load ({type(e).__name__}: {str(e)[:120]}); moved it to "
+                  f"{aside.name} and this phase restarts from the last good point", file=sys.stderr, flush=True)
+            return None
 
     def save(self, name: str, kind: str, state: dict[str, Any]) -> None:
-        atomic_torch_save(self._path(name, kind), state)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()  # + its sha256, so a flipped byte is caught, not trained on
+        atomic_write_bytes(self._path(name, kind), data + CHECKSUM + hashlib.sha256(data).hexdigest().encode())
 
     def drop(self, name: str, kind: str) -> None:
         self._path(name, kind).unlink(missing_ok=True)
@@ -101,3 +180,17 @@ class PhaseStore:
         (self.folder / "config_hash").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()
+
+
+def clean_leftovers(run_dir: Path, keep_checkpoints: bool = False) -> None:
+    """What a complete run no longer needs: temp files of a kill during its last writes and, unless kept,
+    its checkpoints (a kill between writing results.json and clearing them leaves them behind)."""
+    removed = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    checkpoints = run_dir / "checkpoints"
+    if not keep_checkpoints and checkpoints.is_dir():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        removed.append(checkpoints)
+    if removed:
+        print(f"prune_lab: removed leftovers of an interrupted finish: {', '.join(p.name for p in removed)}")

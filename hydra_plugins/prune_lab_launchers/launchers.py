@@ -3,8 +3,11 @@
 The stock launcher (hydra_plugins.hydra_submitit_launcher) collects results in submission order and
 raises at the first failed job, so the user loses sight of every job after it and never learns where the
 failed job's log is. These launchers wait for every job, report each failure with the job's log files and
-run folder, print a one-line summary, and only then fail the sweep (exit status 1), naming all failures.
-Each run's results are in its own folder whatever happens to the others.
+run folder, print a one-line summary, and only then fail the sweep (exit status 1; 2 when every failure is
+bad input, as a single run exits), naming all failures.
+Each run's results are in its own folder whatever happens to the others. `BasicLauncher` (the default,
+one process: conf/hydra/launcher/one_process.yaml) does the same for Hydra's in-process launcher, which
+stops the sweep at the first job that exits (a config error) and reports only the first failure.
 
 Before submitting, they leave out the runs whose folder already holds a results.json with the run's config
 hash (a relaunched 500-run sweep queues only what is missing; the run would skip itself anyway, but only
@@ -25,8 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher as _HydraBasicLauncher
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf, open_dict
@@ -35,7 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class SweepJobsFailed(RuntimeError):
-    """Some jobs of a sweep failed; the message lists each with its log file."""
+    """Some jobs of a sweep failed; the message lists each with its log file.
+
+    `exit_code`: 2 when every failure is bad input (as a single run exits), else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Failure(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this module outside sys.modules
@@ -45,6 +55,7 @@ class Failure(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this mod
     reason: str
     logs: list[Path]
     run_dir: Path | None
+    config_error: bool = False  # the run refused its input (prune_lab's exit status 2), rather than crashed
 
     def describe(self) -> str:
         lines = [f"job {self.job_id} (#{self.index}: {' '.join(self.overrides) or 'no overrides'}): {self.reason}"]
@@ -62,6 +73,91 @@ def _last_line(path: Path, marker: str = "prune_lab: error:") -> str | None:
         return None
     ours = [line for line in lines if line.startswith(marker)]
     return (ours or lines or [None])[-1]
+
+
+def _where(sweep_dir: Path) -> None:
+    """Tell prune_lab's Ctrl-C handler which sweep folder a resume must name."""
+    try:
+        from prune_lab.guard import WHERE
+
+        WHERE["sweep_dir"] = str(sweep_dir)
+    except ImportError:  # prune_lab not importable here: the message names no folder
+        pass
+
+
+def _report(failures: list[Failure], total: int, sweep_dir: Path) -> SweepJobsFailed:
+    done = total - len(failures)
+    return SweepJobsFailed(
+        f"{len(failures)} of {total} sweep job(s) failed; the other {done} finished and kept their "
+        f"results in {sweep_dir}.\n" + "\n".join(f.describe() for f in failures)
+        + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume.",
+        exit_code=2 if all(f.config_error for f in failures) else 1,
+    )
+
+
+def _error_json(run_dir: Path) -> str | None:
+    """The reason prune_lab recorded in the run's error.json, if it wrote one."""
+    import json
+
+    try:
+        return str(json.loads((run_dir / "error.json").read_text())["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class BasicLauncher(_HydraBasicLauncher):
+    """Hydra's one-process launcher, but every job runs and every failure is reported at the end.
+
+    A job that exits (prune_lab exits with status 2 on a config error) or raises is recorded as failed
+    and the sweep goes on; Ctrl-C still stops the whole sweep."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        _where(sweep_dir)
+        log.info(f"Launching {len(job_overrides)} jobs locally")
+        runs: list[JobReturn] = []
+        failures: list[Failure] = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            shown = list(filter_overrides(overrides))
+            log.info(f"\t#{idx} : {' '.join(shown)}")
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            run_dir = Path(str(sweep_config.hydra.sweep.dir)).absolute() / str(sweep_config.hydra.sweep.subdir)
+            logs = [run_dir / f"{sweep_config.hydra.job.name}.log"]
+            config_error = False
+            try:
+                ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                              config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+                reason = None if ret.status != JobStatus.FAILED else \
+                    f"{type(ret._return_value).__name__}: {ret._return_value}"
+            except SystemExit as e:  # prune_lab exits 2 on a config error (one line, error.json in the folder)
+                if e.code == 130:  # Ctrl-C: stop the sweep
+                    raise
+                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+                reason = _error_json(run_dir) or f"exited with status {e.code}"
+                config_error = e.code == 2
+            finally:
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            if reason is not None:
+                ret.status = JobStatus.FAILED
+                failures.append(Failure(idx, str(idx), shown, reason, [p for p in logs if p.exists()], run_dir,
+                                        config_error))
+                log.error(f"FAILED {failures[-1].describe()}")
+            runs.append(ret)
+        log.info(f"Sweep finished: {len(runs) - len(failures)} of {len(runs)} run(s) complete; results in "
+                 f"{sweep_dir}/<overrides>/")
+        if failures:
+            error = _report(failures, len(runs), sweep_dir)
+            for ret in runs:  # Hydra's sweeper raises the first failed job's value: make it the whole report
+                if ret.status == JobStatus.FAILED:
+                    ret._return_value = error
+        return runs
 
 
 class _Collecting(BaseSubmititLauncher):
@@ -89,6 +185,7 @@ class _Collecting(BaseSubmititLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        _where(sweep_dir)
         complete: dict[int, JobReturn] = {}
         todo: list[tuple[int, Sequence[str]]] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -135,7 +232,12 @@ class _Collecting(BaseSubmititLauncher):
                 return False
             with open_dict(cfg):
                 del cfg["hydra"]  # as Hydra hands the task its config
-            return done.get("config_hash") == config_hash(OmegaConf.to_container(cfg, resolve=True))
+            if done.get("config_hash") != config_hash(OmegaConf.to_container(cfg, resolve=True)):
+                return False
+            from prune_lab.storage import clean_leftovers
+
+            clean_leftovers(run_dir, keep_checkpoints=cfg.get("keep_checkpoints") is True)
+            return True
         except Exception:  # cannot tell here: the job decides
             return False
 
@@ -153,7 +255,7 @@ class _Collecting(BaseSubmititLauncher):
                 reason = f"ended without a result (state {state}): {detail}"
                 ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
                 failures.append(Failure(idx, job.job_id, list(filter_overrides(overrides)), reason, logs,
-                                        self._run_dir(overrides)))
+                                        self._run_dir(overrides), bool(detail.startswith("prune_lab: error:"))))
             else:
                 if ret.status == JobStatus.FAILED:  # the run raised; prune_lab wrote error.json in its folder
                     error = ret._return_value
@@ -167,11 +269,7 @@ class _Collecting(BaseSubmititLauncher):
         log.info(f"Sweep finished: {done} of {total} run(s) complete ({skipped} were already); results in "
                  f"{sweep_dir}/<overrides>/")
         if failures:
-            error = SweepJobsFailed(
-                f"{len(failures)} of {total} sweep job(s) failed; the other {done} finished and kept their "
-                f"results in {sweep_dir}.\n" + "\n".join(f.describe() for f in failures)
-                + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume."
-            )
+            error = _report(failures, total, sweep_dir)
             failed = {f.index for f in failures}
             for (idx, _), ret in zip(todo, returns):  # Hydra's sweeper raises the first failed job's value
                 if idx in failed:

@@ -7,6 +7,8 @@ the network: a folder holding only the `.gz` files torchvision downloads is md5-
 
 from __future__ import annotations
 
+import gzip
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,31 @@ from torch import Tensor
 from prune_lab.data.augment import CropFlip
 from prune_lab.data.splits import DataInfo, Splits, TensorSet, resolve_data_dir
 from prune_lab.errors import UserError
+from prune_lab.storage import atomic_write_bytes, build_once
+
+
+def idx_problem(path: Path) -> str | None:
+    """What is wrong with an unpacked MNIST-style IDX file (its size must be what its header says), or None."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                return f"truncated ({size} bytes)"
+            if head[0] != 0 or head[1] != 0 or head[2] != 8 or not 1 <= head[3] <= 4:
+                return "not an IDX file of bytes (its header is wrong)"
+            dims = f.read(4 * head[3])
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if len(dims) < 4 * head[3]:
+        return f"truncated ({size} bytes, not even a header)"
+    count = 1
+    for i in range(head[3]):
+        count *= int.from_bytes(dims[4 * i : 4 * i + 4], "big")
+    expected = 4 + len(dims) + count
+    if size != expected:
+        return f"{'truncated' if size < expected else 'too long'} ({size} of {expected} bytes)"
+    return None
 
 
 def _holdout(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -54,12 +81,10 @@ class _MnistLike:
         raise NotImplementedError
 
     def _prepare_offline(self, cls, root: Path) -> None:
-        from torchvision.datasets.utils import check_integrity, extract_archive
-
+        """Every unpacked file torchvision reads, verified; unpacked from its md5-checked `.gz` when missing
+        or bad. Safe when several jobs start at once: one unpacks (to a temp name, verified, renamed), the
+        others wait for it (prune_lab.storage.build_once, the dense cache's mechanism)."""
         raw = root / cls.__name__ / "raw"
-        unpacked = [raw / Path(f).stem for f, _ in cls.resources]
-        if all(p.exists() for p in unpacked):
-            return
         missing = [f for f, _ in cls.resources if not (raw / f).exists() and not (raw / Path(f).stem).exists()]
         if missing:
             raise UserError(
@@ -68,17 +93,46 @@ class _MnistLike:
                 "$PRUNE_LAB_DATA_DIR at the folder that holds them, or set dataset.download=true where online"
             )
         for filename, md5 in cls.resources:
-            if (raw / Path(filename).stem).exists():
-                continue
-            if not check_integrity(str(raw / filename), md5):
-                raise UserError(f"{self.name}: {raw / filename} fails its md5 check ({md5}); replace the file")
+            self._unpacked(raw / filename, md5)
+
+    def _unpacked(self, gz: Path, md5: str) -> Path:
+        target = gz.with_name(gz.stem)
+
+        def load(locked: bool) -> Path | None:
+            problem = idx_problem(target) if target.exists() else "missing"
+            if problem is None:
+                return target
+            if problem != "missing":
+                if not gz.exists():
+                    raise UserError(f"{self.name}: {target} is {problem}; delete it and put torchvision's "
+                                    f"{gz.name} next to it (or set dataset.download=true where online)")
+                if locked:  # nobody is writing it now: name it and make it again
+                    print(f"prune_lab: {self.name}: {target} is {problem}; discarding it and unpacking {gz.name} "
+                          "again", file=sys.stderr, flush=True)
+                    target.unlink(missing_ok=True)
+            return None
+
+        def build() -> Path:
+            from torchvision.datasets.utils import check_integrity
+
+            if not check_integrity(str(gz), md5):
+                raise UserError(f"{self.name}: {gz} fails its md5 check ({md5}); replace the file")
             try:
-                extract_archive(str(raw / filename), str(raw))
-            except OSError as e:
+                with gzip.open(gz, "rb") as f:
+                    data = f.read()
+                atomic_write_bytes(target, data)
+            except (OSError, EOFError) as e:
                 raise UserError(
-                    f"{self.name}: cannot unpack {raw / filename} ({e}); copy {root} to a writable folder "
+                    f"{self.name}: cannot unpack {gz} ({e}); copy {gz.parent.parent.parent} to a writable folder "
                     "and point dataset.data_dir at it"
                 ) from e
+            problem = idx_problem(target)
+            if problem is not None:
+                raise UserError(f"{self.name}: {target}, unpacked from {gz}, is {problem}; replace {gz}")
+            return target
+
+        return build_once(gz.with_name(f".{gz.stem}.lock"), load, build,
+                          f"{self.name}: another job is unpacking {gz.name}; waiting for it")[0]
 
     def load(self) -> Splits:
         cls = self._dataset_class()
@@ -86,6 +140,12 @@ class _MnistLike:
         if not self.download:
             self._prepare_offline(cls, root)
         try:
+            if self.download:  # torchvision downloads and unpacks in place: one job at a time
+                from filelock import FileLock
+
+                (root / cls.__name__).mkdir(parents=True, exist_ok=True)
+                with FileLock(str(root / cls.__name__ / ".download.lock")):
+                    cls(str(root), train=True, download=True)
             train_set = cls(str(root), train=True, download=self.download)
             test_set = cls(str(root), train=False, download=self.download)
         except RuntimeError as e:
@@ -161,6 +221,13 @@ class CIFAR10:
         except RuntimeError as e:
             raise UserError(f"cifar10: could not load from {folder}: {e}; set dataset.verify_md5=false "
                             "only for files you made yourself") from e
+        except Exception as e:  # with verify_md5=false: a truncated or foreign batch file
+            bad = next(((name, why) for name in (*CIFAR_FILES, "batches.meta")
+                        if (why := _pickle_problem(folder / name)) is not None), None)
+            if bad is None:
+                raise
+            raise UserError(f"cifar10: {folder / bad[0]} does not load ({bad[1]}); replace it with the file from "
+                            "cifar-10-python.tar.gz (or set dataset.download=true where online)") from e
 
         def tensors(ds) -> tuple[Tensor, Tensor]:
             x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0  # [N, 32, 32, 3] -> [N, 3, 32, 32]
@@ -173,6 +240,23 @@ class CIFAR10:
         augment = CropFlip(pad=4) if self.augment else None
         return Splits(info, TensorSet(x[train], y[train]), TensorSet(x[val], y[val]), TensorSet(*tensors(test_set)),
                       augment)
+
+
+def _pickle_problem(path: Path) -> str | None:
+    """Why a CIFAR-10 batch file does not unpickle into a batch, or None when it does."""
+    import pickle
+
+    try:
+        with path.open("rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except Exception as e:
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if not isinstance(batch, dict):
+        return f"holds a {type(batch).__name__}, not a batch"
+    data = batch.get("data")
+    if data is not None and getattr(data, "size", 0) % (3 * 32 * 32):
+        return "its images are not 3x32x32"
+    return None
 
 
 def _unchecked_cifar10():

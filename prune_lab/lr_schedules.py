@@ -64,8 +64,8 @@ class MultiStep:
 
 
 @dataclass(frozen=True)
-class Cosine:
-    """Half a cosine from train.lr down to `final` x train.lr at the phase's last step (Loshchilov & Hutter)."""
+class _Anneal:
+    """From train.lr down to `final` x train.lr at the phase's last step, along `curve` (1 at 0, 0 at 1)."""
 
     final: float = 0.0
 
@@ -73,24 +73,31 @@ class Cosine:
         check_fields(self, "train.schedule")
         check_range(self.final, "train.schedule.final", 0, 1, "0.0")
 
+    @staticmethod
+    def curve(progress: float) -> float:
+        raise NotImplementedError
+
     def factor(self, step: int, total: int, steps_per_epoch: int) -> float:
         progress = min(1.0, step / total) if total else 1.0
-        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.final + (1.0 - self.final) * self.curve(progress)
 
 
 @dataclass(frozen=True)
-class Linear:
+class Cosine(_Anneal):
+    """Half a cosine from train.lr down to `final` x train.lr at the phase's last step (Loshchilov & Hutter)."""
+
+    @staticmethod
+    def curve(progress: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Linear(_Anneal):
     """A straight line from train.lr to `final` x train.lr at the phase's last step."""
 
-    final: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_fields(self, "train.schedule")
-        check_range(self.final, "train.schedule.final", 0, 1, "0.0")
-
-    def factor(self, step: int, total: int, steps_per_epoch: int) -> float:
-        progress = min(1.0, step / total) if total else 1.0
-        return 1.0 - (1.0 - self.final) * progress
+    @staticmethod
+    def curve(progress: float) -> float:
+        return 1.0 - progress
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import TINY, run_cli
 
 from prune_lab.progress import Progress, clock
 
@@ -97,3 +97,11 @@ def test_epoch_selection_and_clock() -> None:
     assert [e for e in range(1, 4001) if Progress("auto").due(e, 4000)] == [1, *range(200, 4001, 200)]
     assert [e for e in range(1, 11) if Progress(3).due(e, 10)] == [1, 3, 6, 9, 10]
     assert clock(3723.4) == "1:02:03" and clock(59.6) == "0:01:00"
+
+
+def test_a_sweep_says_how_many_jobs_are_done_running_and_left(tmp_path: Path):
+    proc = run_cli("-m", "seed=0,1,2", *TINY, "cache_dir=null", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    for done, left in ((0, 2), (1, 1), (2, 0)):
+        assert f"[sweep: {done} done, 1 running, {left} left; 0 failed]" in out, out[-3000:]

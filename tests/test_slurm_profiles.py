@@ -67,9 +67,10 @@ def test_local_profile_keeps_every_result_when_one_job_fails(tmp_path: Path) -> 
                    f"hydra.sweep.dir={sweep}", "sparsity=0.5,1.5", "train.epochs=2", "train.finetune_epochs=1",
                    "device=cpu", cwd=tmp_path, env={"OMP_NUM_THREADS": "1",
                                                     "PRUNE_LAB_CACHE_DIR": str(tmp_path / "cache")})
-    assert done.returncode == 1
+    assert done.returncode == 2  # every failure is bad input: 2, as a single run (1 when a job crashed)
     report = done.stdout + done.stderr
     assert "1 of 2 sweep job(s) failed; the other 1 finished" in report, report[-3000:]
+    assert "sweep: 2 done, 0 running, 0 left; 1 failed" in report  # where the sweep stands, as jobs end
     (err_log,) = set(re.findall(r"log: (\S+_log\.err)", report))  # as it failed, and in the final summary
     assert "sparsity=1.5 is outside [0, 1)" in Path(err_log).read_text()
     assert re.search(r"run folder: \S+sparsity=1\.5", report)

@@ -123,7 +123,9 @@ class BasicLauncher(_HydraBasicLauncher):
         failures: list[Failure] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             shown = list(filter_overrides(overrides))
-            log.info(f"\t#{idx} : {' '.join(shown)}")
+            started = idx - initial_job_idx
+            log.info(f"\t#{idx} : {' '.join(shown)}  [sweep: {started} done, 1 running, "
+                     f"{len(job_overrides) - started - 1} left; {len(failures)} failed]")
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
@@ -265,6 +267,7 @@ class _Collecting(BaseSubmititLauncher):
             if failures and failures[-1].index == idx:
                 log.error(f"FAILED {failures[-1].describe()}")
             returns.append(ret)
+            log.info(_progress(jobs, skipped, len(failures)))
         total, done = len(jobs) + skipped, len(jobs) + skipped - len(failures)
         log.info(f"Sweep finished: {done} of {total} run(s) complete ({skipped} were already); results in "
                  f"{sweep_dir}/<overrides>/")
@@ -284,6 +287,17 @@ class _Collecting(BaseSubmititLauncher):
             return Path(str(cfg.hydra.sweep.dir)).absolute() / str(cfg.hydra.sweep.subdir)
         except Exception:  # only a hint for the report
             return None
+
+
+WAITING = ("PENDING", "REQUEUED", "CONFIGURING", "UNKNOWN")  # SLURM states of a job not yet running
+
+
+def _progress(jobs: list[Any], skipped: int, failed: int) -> str:
+    """"sweep: 7 done, 2 running, 31 left; 1 failed": where the sweep stands as each job is collected."""
+    done = sum(bool(j.done()) for j in jobs)
+    waiting = sum(not j.done() and str(getattr(j, "state", "")).upper() in WAITING for j in jobs)
+    return (f"sweep: {done + skipped} done, {len(jobs) - done - waiting} running, {waiting} left; "
+            f"{failed} failed")
 
 
 def _bounded(executor: Any, fn: Any, job_params: list[tuple[Any, ...]], limit: int) -> list[Any]:

@@ -186,7 +186,7 @@ def test_a_new_cache_folder_is_made_and_probed_without_leaving_files(tmp_path: P
     assert folder.is_dir() and list(folder.iterdir()) == []
     assert cache.basis == {"x": 1} and cache.folder == folder
     (tmp_path / "file").write_text("")
-    with pytest.raises(UserError, match=r"cache_dir=.*file/sub is not a writable folder .*cache_dir=null"):
+    with pytest.raises(UserError, match=r"^cache_dir=.*file/sub is not a writable folder .*cache_dir=null"):
         DenseCache(tmp_path / "file" / "sub", {})
 
 
@@ -241,11 +241,13 @@ def test_fetch_or_train_trains_once_then_hits(tmp_path: Path):
         return {"model": {"w": torch.ones(2)}, "history": []}
 
     first = cache.fetch_or_train("dense", 2, train)
-    assert not first.hit and first.key == cache.key("dense", 2) and len(calls) == 1
+    assert first.hit is False and first.key == cache.key("dense", 2) and len(calls) == 1
+    assert torch.equal(first.state["model"]["w"], torch.ones(2))
     manifest = json.loads((tmp_path / f"{first.key}.json").read_text())
     assert manifest["identity"] == {"x": 1, "phase": "dense", "epochs": 2}
     second = cache.fetch_or_train("dense", 2, train)
-    assert second.hit and len(calls) == 1 and torch.equal(second.state["model"]["w"], torch.ones(2))
+    assert second.hit is True and second.key == first.key and len(calls) == 1
+    assert torch.equal(second.state["model"]["w"], torch.ones(2))
     assert not cache.fetch_or_train("dense", 3, train).hit and len(calls) == 2
 
 
@@ -267,7 +269,8 @@ def test_a_job_waiting_on_the_lock_reads_what_the_holder_trained(tmp_path: Path,
     held.wait()
     outcome = cache.fetch_or_train("dense", 1, lambda: pytest.fail("the waiter must not train"))
     thread.join()
-    assert outcome.hit and torch.equal(outcome.state["model"]["w"], torch.full((2,), 7.0))
+    assert outcome.hit is True and outcome.key == key
+    assert torch.equal(outcome.state["model"]["w"], torch.full((2,), 7.0))
     assert f"another job is training this dense network (cache key {key}); waiting for it" in capsys.readouterr().err
 
 
@@ -279,8 +282,37 @@ def test_without_a_working_lock_it_trains_and_says_so(tmp_path: Path, monkeypatc
     monkeypatch.setattr(FileLock, "acquire", no_locks)
     cache = DenseCache(tmp_path, {"x": 3})
     outcome = cache.fetch_or_train("dense", 1, lambda: {"model": {"w": torch.zeros(1)}})
-    assert not outcome.hit and cache.load(outcome.key) is not None
+    assert outcome.hit is False and torch.equal(outcome.state["model"]["w"], torch.zeros(1))
+    assert cache.load(outcome.key) is not None
+    manifest = json.loads((tmp_path / f"{outcome.key}.json").read_text())
+    assert manifest["identity"] == {"x": 3, "phase": "dense", "epochs": 1}
     assert f"cannot lock {tmp_path / (outcome.key + '.lock')}" in capsys.readouterr().err
+
+
+def test_a_complete_entry_is_read_without_waiting_for_the_lock(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Readers never queue behind a job that holds the lock (training another entry under the same key)."""
+    cache = DenseCache(tmp_path, {"x": 4})
+    key = cache.key("dense", 1)
+    cache.store(key, {"model": {"w": torch.ones(1)}}, {})
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        lock = FileLock(str(tmp_path / f"{key}.lock"))
+        lock.acquire()
+        held.set()
+        done.wait(timeout=5)
+        lock.release()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    start = time.monotonic()
+    outcome = cache.fetch_or_train("dense", 1, lambda: pytest.fail("an entry exists: nothing to train"))
+    waited = time.monotonic() - start
+    done.set()
+    thread.join()
+    assert outcome.hit is True and outcome.key == key and waited < 4
+    assert "waiting" not in capsys.readouterr().err
 
 
 @dataclass(frozen=True)

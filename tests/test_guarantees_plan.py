@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from prune_lab.distillation import Distillation
+from prune_lab.distillation import Distillation, distillation_loss
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
 from prune_lab.pruners.iterative import (
@@ -26,6 +27,7 @@ from prune_lab.pruners.iterative import (
     parse_rewind,
     shuffled,
 )
+from prune_lab.training import cross_entropy
 
 
 def imp(**kwargs) -> IterativeMagnitude:
@@ -55,7 +57,7 @@ def test_check_rate_takes_fractions_in_zero_one_only():
     assert check_rate(0, "k") == 0.0 and type(check_rate(0, "k")) is float
     assert check_rate(0.5, "k") == 0.5
     for bad in (True, "0.2", 1, 1.0, -0.1, None):
-        with pytest.raises(UserError, match=r"k=.* must be a fraction in \[0, 1\) of the remaining weights"):
+        with pytest.raises(UserError, match=r"^k=.* must be a fraction in \[0, 1\) of the remaining weights"):
             check_rate(bad, "k")
 
 
@@ -67,7 +69,7 @@ def test_parse_rewind(text: str, expected: tuple[str, int]):
 
 @pytest.mark.parametrize("text", ["epoch:", "iter:3", "init:1", "epoch:x", " init", "epoch:3 ", "Init", 3])
 def test_parse_rewind_refuses_anything_else(text):
-    with pytest.raises(UserError, match=r"pruner.rewind=.* must be init, epoch:K or step:K"):
+    with pytest.raises(UserError, match=r"^pruner.rewind=.* must be init, epoch:K or step:K"):
         parse_rewind(text)
 
 
@@ -100,21 +102,26 @@ def test_defaults_are_the_lottery_ticket_papers():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"sparsity": 1.0}, "sparsity"),
-    ({"rate": 0}, r"pruner.rate=0 never prunes"),
-    ({"rate": 1.5}, r"pruner.rate=1.5 must be a fraction"),
-    ({"layer_rates": {"a*": 1.0}}, r"pruner.layer_rates.a\*=1.0 must be a fraction"),
-    ({"scope": "local"}, r"scope='local'"),
-    ({"scope": "global", "layer_rates": {"a": 0.3}}, r"pruner.layer_rates needs pruner.scope=layerwise"),
-    ({"reinit": "random"}, r"pruner.reinit=random is not the Lottery Ticket control"),
-    ({"reinit": "fresh"}, r"pruner.reinit='fresh' is not one of \('original', 'keep', 'redraw_each_round'\)"),
-    ({"controls": ["other"]}, r"pruner.controls has 'other'; choose from \['randomly_reinitialize', "
+    ({"rate": 0}, r"^pruner.rate=0 never prunes; use a fraction in \(0, 1\), e.g. pruner.rate=0.2$"),
+    ({"rate": 1.5}, r"^pruner.rate=1.5 must be a fraction"),
+    ({"layer_rates": {"a*": 1.0}}, r"^pruner.layer_rates.a\*=1.0 must be a fraction"),
+    ({"scope": "local"}, r"^pruner scope='local'"),
+    ({"scope": "global", "layer_rates": {"a": 0.3}},
+     r"^pruner.layer_rates needs pruner.scope=layerwise \(global has no layer rates\)$"),
+    ({"reinit": "random"}, "^" + re.escape(
+        "pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains the ticket's mask "
+        "from a fresh init (pruner.controls=[randomly_reinitialize]); for a fresh draw before each round's "
+        "retraining say pruner.reinit=redraw_each_round") + "$"),
+    ({"reinit": "fresh"}, r"^pruner.reinit='fresh' is not one of \('original', 'keep', 'redraw_each_round'\)"),
+    ({"controls": ["other"]}, r"^pruner.controls has 'other'; choose from \['randomly_reinitialize', "
                               r"'randomly_prune'\]"),
-    ({"controls": ["randomly_prune"], "reinit": "keep"}, r"needs pruner.reinit=original \(got keep\)"),
-    ({"rewind": "epoch:1", "reinit": "keep"}, r"pruner.rewind=epoch:1 rewinds survivors.*\(got keep\)"),
-    ({"rewind": "later"}, r"pruner.rewind='later'"),
-    ({"epochs": True}, r"pruner.epochs=True must be a whole number"),
-    ({"epochs": 1.5}, r"pruner.epochs=1.5"),
-    ({"epochs": -1}, r"pruner.epochs=-1"),
+    ({"controls": ["randomly_prune"], "reinit": "keep"},
+     r"^pruner.controls are controls of the winning ticket, which needs pruner.reinit=original \(got keep\)"),
+    ({"rewind": "epoch:1", "reinit": "keep"}, r"^pruner.rewind=epoch:1 rewinds survivors.*\(got keep\)"),
+    ({"rewind": "later"}, r"^pruner.rewind='later'"),
+    ({"epochs": True}, r"^pruner.epochs=True must be a whole number"),
+    ({"epochs": 1.5}, r"^pruner.epochs=1.5"),
+    ({"epochs": -1}, r"^pruner.epochs=-1"),
 ])
 def test_bad_settings_are_refused_with_the_key(kwargs: dict, message: str):
     with pytest.raises(UserError, match=message):
@@ -138,8 +145,8 @@ def test_rates_for_takes_the_first_matching_pattern_and_refuses_one_that_matches
     p = imp(layer_rates={"net.1.*": 0.5, "net.*": 0.1})
     assert p.rates_for(["net.1.weight", "net.2.weight", "other"]) == {"net.1.weight": 0.5, "net.2.weight": 0.1,
                                                                       "other": 0.2}
-    with pytest.raises(UserError, match=r"pattern 'net.1.\*' matches no prunable weight; the prunable weights "
-                                        r"are \['x'\]"):
+    with pytest.raises(UserError, match=r"^pruner.layer_rates pattern 'net.1.\*' matches no prunable weight; "
+                                        r"the prunable weights are \['x'\]"):
         p.rates_for(["x"])
 
 
@@ -167,6 +174,9 @@ def test_a_last_round_of_a_quarter_or_more_is_kept_and_a_smaller_one_merged():
     merged = imp(sparsity=layer_sparsity(0.2, 2.2)).plan({"a": 10_000})
     assert len(merged) == 2 and merged[0][1]["a"] == pytest.approx(0.2)
     assert merged[1][0] == layer_sparsity(0.2, 2.2)
+    # A sliver after a single full round: one round, straight to the target.
+    single = imp(sparsity=layer_sparsity(0.2, 1.1)).plan({"a": 10_000})
+    assert len(single) == 1 and single[0][0] == layer_sparsity(0.2, 1.1)
 
 
 def test_a_last_round_that_prunes_fewer_weights_than_layers_is_merged():
@@ -179,6 +189,9 @@ def test_a_last_round_that_prunes_fewer_weights_than_layers_is_merged():
     assert len(plan) == 2 and plan[-1][0] == target and counts == [3, 3]
     big = imp(sparsity=target).plan({n: 3000 for n in sizes})
     assert len(big) == 3
+    # Exactly one weight per layer in the last round is not a sliver: 4 weights per layer, 1 then 2 pruned each.
+    four = imp(sparsity=target).plan({n: 4 for n in sizes})
+    assert len(four) == 3 and [sum(round(per[n] * 4) for n in sizes) for _, per in four] == [3, 3, 6]
 
 
 def test_layers_with_their_own_rate_keep_the_per_layer_law():
@@ -194,7 +207,7 @@ def test_layers_with_their_own_rate_keep_the_per_layer_law():
 
 def test_layers_with_rate_zero_cap_what_can_be_reached():
     p = imp(sparsity=0.5, layer_rates={"b": 0})
-    with pytest.raises(UserError, match=r"sparsity=0.5 cannot be reached: layers with rate 0 hold 50.0% "):
+    with pytest.raises(UserError, match=r"^sparsity=0.5 cannot be reached: layers with rate 0 hold 50.0% "):
         p.plan({"a": 50, "b": 50})
     with pytest.raises(UserError, match="cannot be reached"):
         p.check({"a": (5, 10), "b": (50,)})
@@ -243,7 +256,7 @@ def test_rewind_step_counts_optimizer_steps():
     assert imp(rewind="epoch:2", epochs=2).rewind_step(job) == 6
     assert imp(rewind="step:5", epochs=2).rewind_step(job) == 5
     assert imp(rewind="step:6", epochs=2).rewind_step(job) == 6  # the very end is allowed
-    with pytest.raises(UserError, match=r"pruner.rewind=step:7 is past the end of dense training \(2 epochs = "
+    with pytest.raises(UserError, match=r"^pruner.rewind=step:7 is past the end of dense training \(2 epochs = "
                                         r"6 steps\)"):
         imp(rewind="step:7", epochs=2).rewind_step(job)
     with pytest.raises(UserError, match="past the end"):
@@ -271,6 +284,7 @@ class RecordingJob:
         self.w = {n: torch.randn(s) for n, s in sizes.items()}
         self.mask = Mask({n: torch.ones(s, dtype=torch.bool) for n, s in sizes.items()})
         self.calls: list[tuple] = []
+        self.losses: dict[str, object] = {}
         self.model = torch.nn.Linear(1, 1)
         self.initial_state = "initial"
         self.data = SimpleNamespace(train=range(8))
@@ -279,8 +293,13 @@ class RecordingJob:
     def weights(self):
         return {n: w * self.mask.tensors[n] for n, w in self.w.items()}
 
-    def train(self, phase, epochs, on_step=None, loss_fn=None):
+    def train(self, phase, epochs, on_step=None, **kwargs):
         self.calls.append(("train", phase, epochs, on_step is not None))
+        self.losses[phase] = kwargs.get("loss_fn", "default")
+        total = epochs * 2
+        for step in range(1, total + 1):
+            if on_step is not None:
+                on_step(step, total, self.model)
 
     def evaluate(self, name, target, **extra):
         self.calls.append(("evaluate", name, target, extra))
@@ -337,7 +356,8 @@ def test_a_round_prunes_scores_the_pruned_network_rewinds_retrains_and_evaluates
 def test_late_rewinding_snapshots_and_rewinds_to_the_snapshot_and_global_records_no_layer_targets():
     job = RecordingJob({"a": 100})
     imp(sparsity=0.2, epochs=2, rewind="epoch:1", scope="global").run(job)
-    assert job.calls[0] == ("train", "dense", 2, True)  # the snapshot hook is passed
+    assert job.calls[0] == ("train", "dense", 2, True)  # the snapshot hook is passed, and fires after step 2
+    assert job.calls[1] == ("save_snapshot", SNAPSHOT)
     assert ("load_snapshot", SNAPSHOT) in job.calls and ("rewind", "snapshot") in job.calls
     final = job.calls[-1]
     assert final[1] == "round-1" and "layer_targets" not in final[3] and final[3]["rewind"] == "epoch:1"
@@ -370,9 +390,31 @@ def test_controls_run_as_branches_of_every_round():
     assert c[-1] == ("end branch",)
 
 
-def test_distillation_teacher_is_the_dense_network():
+def test_without_distillation_every_phase_trains_on_cross_entropy():
     job = RecordingJob({"a": 100})
-    p = imp(sparsity=0.2, distill=Distillation(alpha=0.5, temperature=2.0))
-    assert p.distill.active
+    imp(sparsity=0.36, controls=["randomly_reinitialize", "randomly_prune"]).run(job)
+    assert job.losses.pop("dense") == "default"
+    assert len(job.losses) == 6 and all(loss is cross_entropy for loss in job.losses.values())
+
+
+def test_distillation_retrains_rounds_and_controls_against_the_dense_teacher():
+    job = RecordingJob({"a": 100})
+    with torch.no_grad():
+        job.model.weight.fill_(2.0)
+    p = imp(sparsity=0.36, controls=["randomly_reinitialize", "randomly_prune"],
+            distill=Distillation(alpha=0.5, temperature=2.0))
     p.run(job)
-    assert job.calls[-1][1] == "round-1"
+    with torch.no_grad():
+        job.model.weight.fill_(-1.0)  # the teacher is a copy taken after dense training, not the live model
+    x, y = torch.tensor([[1.0], [3.0]]), torch.tensor([0, 0])
+    logits = torch.tensor([[0.5], [0.1]])
+    teacher = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        teacher.weight.fill_(2.0)
+        teacher.bias.copy_(job.model.bias)
+    expected = distillation_loss(logits, y, teacher(x), 0.5, 2.0)
+    assert job.losses.pop("dense") == "default"
+    assert set(job.losses) == {"round-1", "round-2", "randomly_reinitialize-1", "randomly_reinitialize-2",
+                               "randomly_prune-1", "randomly_prune-2"}
+    for phase, loss in job.losses.items():
+        assert torch.allclose(loss(logits, y, x), expected), phase

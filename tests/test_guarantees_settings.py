@@ -24,7 +24,8 @@ from prune_lab.validate import _kinds, check_fields, check_range, check_value
 
 
 @pytest.mark.parametrize(("override", "key"), [("+train/x", "train.x"), ("++a.b", "a.b"), ("~c", "c"),
-                                               ("dataset.data_dir", "dataset.data_dir"), ("d/e/f", "d.e.f")])
+                                               ("dataset.data_dir", "dataset.data_dir"), ("d/e/f", "d.e.f"),
+                                               ("X.y", "X.y"), ("+XX", "XX")])
 def test_normalize_key(override: str, key: str):
     assert normalize_key(override) == key
 

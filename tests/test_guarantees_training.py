@@ -247,16 +247,16 @@ def test_settings_defaults():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("lr", 0, r"train.lr=0 must be a positive number"),
-    ("lr", -0.1, r"train.lr=-0.1 must be a positive number"),
-    ("lr", True, r"train.lr=True"),
-    ("epochs", -1, r"train.epochs=-1 must be in \[0, inf\], e.g. train.epochs=10"),
-    ("finetune_epochs", -1, r"train.finetune_epochs=-1 must be in \[0, inf\], e.g. train.finetune_epochs=10"),
-    ("batch_size", 0, r"train.batch_size=0 must be in \[1, inf\], e.g. train.batch_size=64"),
-    ("eval_every", 0, r"train.eval_every=0 must be in \[1, inf\], e.g. train.eval_every=64"),
-    ("eval_batch_size", 0, r"train.eval_batch_size=0 must be in \[1, inf\], e.g. train.eval_batch_size=64"),
-    ("checkpoint_every_s", -1.0, r"train.checkpoint_every_s=-1.0 must be in \[0, inf\], e.g. 0 \(every epoch\)"),
-    ("batch_size", True, r"train.batch_size=True must be a whole number"),
+    ("lr", 0, r"^train.lr=0 must be a positive number"),
+    ("lr", -0.1, r"^train.lr=-0.1 must be a positive number"),
+    ("lr", True, r"^train.lr=True"),
+    ("epochs", -1, r"^train.epochs=-1 must be in \[0, inf\], e.g. train.epochs=10"),
+    ("finetune_epochs", -1, r"^train.finetune_epochs=-1 must be in \[0, inf\], e.g. train.finetune_epochs=10"),
+    ("batch_size", 0, r"^train.batch_size=0 must be in \[1, inf\], e.g. train.batch_size=64"),
+    ("eval_every", 0, r"^train.eval_every=0 must be in \[1, inf\], e.g. train.eval_every=64"),
+    ("eval_batch_size", 0, r"^train.eval_batch_size=0 must be in \[1, inf\], e.g. train.eval_batch_size=64"),
+    ("checkpoint_every_s", -1.0, r"^train.checkpoint_every_s=-1.0 must be in \[0, inf\], e.g. 0 \(every epoch\)"),
+    ("batch_size", True, r"^train.batch_size=True must be a whole number"),
 ])
 def test_settings_are_refused_with_the_key(key: str, value: object, message: str):
     with pytest.raises(UserError, match=message):

@@ -125,6 +125,12 @@ def test_target_code_by_where_the_code_lives(tmp_path: Path, monkeypatch: pytest
         monkeypatch.delitem(sys.modules, name)
 
 
+def test_a_module_shipped_by_several_distributions_names_them_all(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"torch": ["torch", "numpy"]})
+    expected = f"torch:numpy=={importlib.metadata.version('numpy')},torch=={importlib.metadata.version('torch')}"
+    assert target_code("torch.optim.Adam") == expected
+
+
 def test_code_that_cannot_be_known_gives_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     namespace = types.ModuleType("ns_pkg")  # no __file__: a namespace package, a notebook class, ...
     monkeypatch.setitem(sys.modules, "ns_pkg", namespace)
@@ -186,8 +192,12 @@ def test_a_new_cache_folder_is_made_and_probed_without_leaving_files(tmp_path: P
     assert folder.is_dir() and list(folder.iterdir()) == []
     assert cache.basis == {"x": 1} and cache.folder == folder
     (tmp_path / "file").write_text("")
-    with pytest.raises(UserError, match=r"^cache_dir=.*file/sub is not a writable folder .*cache_dir=null"):
+    with pytest.raises(UserError, match=r"^cache_dir=.*file/sub is not a writable folder \(.*\); set cache_dir to "
+                                        r"another folder, or cache_dir=null to train every dense network$"):
         DenseCache(tmp_path / "file" / "sub", {})
+    # A folder that exists but takes no files (even for root): the probe is written in the folder itself.
+    with pytest.raises(UserError, match=r"^cache_dir=/proc is not a writable folder"):
+        DenseCache(Path("/proc"), {})
 
 
 @pytest.mark.parametrize("off", [None, "", "null", "None", " FALSE "])
@@ -202,7 +212,8 @@ def test_open_builds_the_basis_or_turns_sharing_off_with_a_note(tmp_path: Path, 
     config["init"]["_target_"] = "no_such_top_level.Init"
     assert DenseCache.open(str(tmp_path / "c"), config, torch.device("cpu"), 2) is None
     err = capsys.readouterr().err
-    assert "the dense cache is off for this run: the code of no_such_top_level.Init cannot be located" in err
+    assert err == ("prune_lab: the dense cache is off for this run: the code of no_such_top_level.Init cannot be "
+                   "located, so a cached network could be stale\n")
 
 
 def test_store_then_load_round_trips_with_a_manifest(tmp_path: Path):

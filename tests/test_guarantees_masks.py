@@ -42,8 +42,13 @@ class Linear(nn.Module):
         self.weight = torch.ones(2, 2)
 
 
+class Conv3d(nn.Module):
+    """Named like a prunable type, with no weight at all."""
+
+
 def test_selection_takes_only_parameter_weights_of_the_listed_types_and_keeps_tuples():
-    m = nn.Sequential(nn.Linear(2, 3), Linear(), nn.BatchNorm1d(3), nn.Conv2d(1, 2, 1))
+    m = nn.Sequential(nn.Linear(2, 3), Linear(), nn.BatchNorm1d(3), nn.Conv2d(1, 2, 1), Conv3d())
+    assert PrunableSelection().names(m) == ["0.weight", "3.weight"]
     selection = PrunableSelection(layer_types=["Linear", "Conv2d"], exclude=["nothing"])
     assert selection.layer_types == ("Linear", "Conv2d") and selection.exclude == ("nothing",)
     hash(selection)  # frozen and hashable: lists were turned into tuples

@@ -200,6 +200,9 @@ def test_validation_every_n_epochs_and_always_after_the_last():
     result = train(model, half_mask(model), data, settings(eval_every=2, eval_batch_size=4), 3, seed=0, phase="v",
                    log=logged.append)
     assert ["val_acc" in r for r in result.history] == [False, True, True]
+    other = net()
+    every_third = train(other, half_mask(other), data, settings(eval_every=3), 4, seed=0, phase="v")
+    assert ["val_acc" in r for r in every_third.history] == [False, False, True, True]
     assert logged == result.history
     final = evaluate(model, data.val, 4)
     assert result.history[-1]["val_acc"] == final.acc and result.history[-1]["val_loss"] == final.loss

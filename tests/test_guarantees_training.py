@@ -270,3 +270,15 @@ def test_boundary_settings_are_accepted():
     s = TrainSettings(optimizer=SGD, lr=1e-9, epochs=0, finetune_epochs=0, batch_size=1, eval_every=1,
                       eval_batch_size=1, checkpoint_every_s=0)
     assert s.checkpoint_every_s == 0.0 and isinstance(s.checkpoint_every_s, float)
+
+
+def test_checkpoint_every_0_s_saves_after_every_epoch_even_on_a_coarse_clock(monkeypatch: pytest.MonkeyPatch):
+    import prune_lab.training
+
+    monkeypatch.setattr(prune_lab.training.time, "monotonic", lambda: 100.0)  # no time passes between epochs
+    data = splits()
+    model = net()
+    saved = []
+    train(model, half_mask(model), data, settings(checkpoint_every_s=0.0), 3, seed=7, phase="r",
+          save=lambda state: saved.append(state["epoch"]))
+    assert saved == [1, 2]

@@ -22,7 +22,7 @@ bench:            ## speed and memory ratios, written to benchmarks/results/
 	$(PY) -m benchmarks
 
 # Mutation testing of the modules that carry the guarantees ([tool.mutmut] in pyproject.toml lists them and
-# the fast tests it runs). Not part of CI: about MUTATION_MINUTES on 2 quiet cores. mutmut comes with the
+# the fast tests it runs). Not part of CI: about 40 minutes on 2 shared cores (README). mutmut comes with the
 # test extra; on an older venv: .venv/bin/pip install -c constraints.txt mutmut
 MUTMUT ?= $(dir $(PY))mutmut
 mutation:         ## mutation score per module (README "Mutation testing"); fails under 90%

@@ -26,7 +26,7 @@ CASES = {
     "mnist_missing_offline": (["dataset=mnist", "dataset.data_dir=nodata"], "train-images-idx3-ubyte.gz"),
     "cifar_missing_offline": (["dataset=cifar10", "dataset.data_dir=nodata"], "data_batch_1"),
     "unknown_scope": (["pruner.criterion.scope=both"], "layerwise"),
-    "unknown_option": (["init=nope"], "init=nope is not an option of init: choose one of default,"),
+    "unknown_option": (["init=nope"], "init=nope is not an option of init: choose one of checkpoint, default,"),
     "pruner_typo": (["pruner=magnitud"], "did you mean magnitude"),
     "unknown_pruner": (["pruner=nonexistent"], "pruner=nonexistent is not an option of pruner"),
     "key_typo": (["train.lrr=0.1"], "train.lrr is not a setting: did you mean train.lr?"),

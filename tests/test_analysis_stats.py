@@ -170,3 +170,20 @@ def test_tradeoff_figure_axes_lines_and_baseline():
     assert bands and all(b.max() <= 100 for b in bands)  # an interval of 3 seeds never drawn above 100%
     with pytest.raises(ValueError, match="remaining"):
         plot_tradeoff(table(), x="log")
+
+
+def test_critical_sparsity_counts_a_level_exactly_at_the_tolerance():
+    """dense - tolerance is still good (>=): exact binary fractions, so no rounding decides it."""
+    assert critical_sparsity([0, 0.5], [1.0, 0.75], tolerance=0.25) == 0.5
+    assert critical_sparsity([0, 0.5], [1.0, 0.7421875], tolerance=0.25) == 0.0
+
+
+def test_paired_test_with_every_seed_moved_by_the_same_amount():
+    """Zero variance of the differences: the t statistic is infinite in the sign of the shift and p is 0;
+    no shift at all is no evidence (NaN)."""
+    a, b = [0.75, 0.5, 0.625], [0.5, 0.25, 0.375]  # each exactly 0.25 apart
+    up, down = paired_test(a, b), paired_test(b, a)
+    assert up["t"] == math.inf and up["p_t"] == 0.0 and up["mean_diff"] == 0.25
+    assert down["t"] == -math.inf and down["p_t"] == 0.0
+    same = paired_test(a, a)
+    assert math.isnan(same["t"]) and math.isnan(same["p_t"]) and math.isnan(same["p_wilcoxon"])

@@ -293,3 +293,17 @@ def test_notebook_runs_on_the_sweep(sweeps):
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert sys.executable in text  # the kernel ran this venv's python
     assert "kaiming_uniform" in text and any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_only_runs_whose_results_say_ok_are_analysed(sweeps, tmp_path: Path):
+    """A results.json with its levels but another status (a run that marked itself failed) is a problem, never
+    a row of the table."""
+    good = sweeps["complete"][0]
+    for name, status in (("ok_run", "ok"), ("failed_run", "failed")):
+        shutil.copytree(good, tmp_path / name)
+        record = json.loads((tmp_path / name / "results.json").read_text())
+        (tmp_path / name / "results.json").write_text(json.dumps({**record, "status": status}))
+    sweep = load_sweep(tmp_path)
+    assert set(sweep.runs["run"]) == {"ok_run"}
+    problem = sweep.problems.set_index("run").loc["failed_run"]
+    assert problem["status"] == "corrupt" and "'failed'" in problem["reason"]

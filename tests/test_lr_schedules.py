@@ -153,3 +153,28 @@ def test_imp_rounds_with_late_rewinding_train_from_step_k(tmp_path: Path):
     per_epoch = {r["phase"]: r["lr"] for r in job.history if r["epoch"] == 2}
     assert per_epoch["round-1"] == pytest.approx(per_epoch["dense"])  # the same schedule, the same place
     assert [lv.extra["epochs_trained"] for lv in job.levels] == [3, 3 + 7 / 4, 3 + 14 / 4]
+
+
+def test_weight_decay_reaches_the_optimizer_and_zero_passes_none():
+    """train.weight_decay is handed to the optimizer (not every optimizer takes it, so 0 passes nothing)."""
+    seen: list[dict] = []
+
+    def factory(params, **kwargs):
+        seen.append(kwargs)
+        return torch.optim.SGD(params, **kwargs)
+
+    for decay in (0.0, 0.25):
+        data, model, mask = toy()
+        train(model, mask, data, TrainSettings(optimizer=factory, lr=0.1, batch_size=10, weight_decay=decay), 1,
+              seed=0, phase="p")
+    assert seen == [{"lr": 0.1}, {"lr": 0.1, "weight_decay": 0.25}]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"weight_decay": -0.5}, "train.weight_decay=-0.5 must be in [0, inf], e.g. train.weight_decay=1e-4"),
+    ({"warmup": "soon"}, "train.warmup='soon' must be epoch:K or step:K (or null), e.g. train.warmup=epoch:5"),
+])
+def test_bad_settings_say_the_key_and_an_example(kwargs: dict, message: str):
+    with pytest.raises(UserError) as e:
+        TrainSettings(optimizer=torch.optim.SGD, **kwargs)
+    assert str(e.value) == message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import read_json, run_cli, write_cifar10_files
 
@@ -40,6 +41,7 @@ def user_folder(root: Path, act: str = "ReLU") -> Path:
     return root
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_a_user_model_through_config_dir_trains_prunes_and_its_code_keys_the_dense_cache(tmp_path: Path) -> None:
     user = user_folder(tmp_path / "my_project")
     env = {"PYTHONPATH": os.pathsep.join([str(user), os.environ.get("PYTHONPATH", "")])}
@@ -78,6 +80,7 @@ def test_a_user_model_from_python_with_config_dir(tmp_path: Path, monkeypatch) -
     assert result.results["model"] == "tiny_net" and type(result.model()).__name__ == "TinyNet"
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_torchvision_resnet18_prunes_cifar_files_and_init_checkpoint_reproduces_its_accuracy(tmp_path: Path) -> None:
     write_cifar10_files(tmp_path / "data", per_batch=16, n_test=24)
     data = ("dataset=cifar10", f"dataset.data_dir={tmp_path / 'data'}", "dataset.verify_md5=false",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY, read_json, results_below, run_cli
 
@@ -38,6 +39,7 @@ def test_default_run_trains_prunes_and_records_what_it_measured(tmp_path: Path):
     assert not (run / "checkpoints").exists() and not (run / "error.json").exists()
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_canonical_init_by_seed_sweep(tmp_path: Path):
     proc = run_cli("-m", "hydra.sweep.dir=sweep", "init=xavier_normal,kaiming_uniform", "seed=0,1,2", *TINY,
                    cwd=tmp_path)

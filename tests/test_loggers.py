@@ -24,6 +24,7 @@ def epochs(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_csv_and_tensorboard_at_once_hold_every_epoch_and_level(tmp_path: Path) -> None:
     needs("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -62,6 +63,7 @@ def test_csv_and_tensorboard_at_once_hold_every_epoch_and_level(tmp_path: Path) 
         assert values["train.lr"] == 0.01 and values["tag.pruner"] == "magnitude" and values["seed"] == 0
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_an_mlflow_sweep_groups_its_runs_by_tag_in_a_local_store(tmp_path: Path) -> None:
     needs("mlflow")
     import mlflow
@@ -86,6 +88,7 @@ def test_an_mlflow_sweep_groups_its_runs_by_tag_in_a_local_store(tmp_path: Path)
             (r["epoch"], r["train_loss"]) for r in epochs(path.parent) if r["phase"] == "dense"]
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_wandb_offline_runs_group_by_sweep_with_tags_config_and_history(tmp_path: Path) -> None:
     needs("wandb")
     proc = run_cli("-m", "hydra.sweep.dir=sweep", "logger=wandb", "seed=0,1", "cache_dir=null", *TINY,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TINY, run_cli
 
 from prune_lab.progress import Progress, clock
@@ -56,6 +57,7 @@ def test_progress_streams_to_a_pipe_before_the_run_ends_and_matches_the_log_file
     assert not CONTROL.search(log_files[0].read_text())
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_log_every_auto_keeps_a_long_run_short_and_metrics_keep_every_epoch(tmp_path: Path) -> None:
     proc = run_cli("hydra.run.dir=run", "train.epochs=120", "train.finetune_epochs=7", "cache_dir=null",
                    cwd=tmp_path)

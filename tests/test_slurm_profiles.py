@@ -61,6 +61,7 @@ def test_gpu_profile_asks_for_one_gpu_by_gres_and_the_command_line_overrides_it(
     assert "#SBATCH --gres=gpu:1" not in sbatch_lines("slurm_cpu", tmp_path)
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_local_profile_keeps_every_result_when_one_job_fails(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli("-m", "hydra/launcher=local", "hydra.launcher.parallelism=2", "hydra.launcher.gpus_per_node=0",

@@ -13,6 +13,7 @@ from prune_lab.errors import UserError
 from prune_lab.objectives import AreaUnderCurve, LastLevel
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_an_optuna_sweep_of_four_trials_reports_the_best_trial(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
                         reason="hydra-optuna-sweeper is not installed: pip install -e '.[optuna]'")

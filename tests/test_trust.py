@@ -107,6 +107,7 @@ class Net(nn.Module):
 """
 
 
+@pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
 def test_editing_a_user_models_code_invalidates_the_dense_cache(tmp_path: Path):
     """A model outside prune_lab (found through PYTHONPATH / --config-dir) was once reused stale from the cache."""
     code, conf = tmp_path / "code", tmp_path / "conf" / "model"

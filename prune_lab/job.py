@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from prune_lab.masks import Mask
 from prune_lab.payoff import measure_payoff
 from prune_lab.seeding import generator
 from prune_lab.storage import PhaseStore
-from prune_lab.training import LossFn, StepHook, TrainSettings, cross_entropy, train
+from prune_lab.training import LossFn, StepHook, TrainSettings, cross_entropy, per_epoch, train
 
 if TYPE_CHECKING:
     from prune_lab.cache import DenseCache
@@ -80,8 +79,8 @@ class Job:
             raise ValueError(f"phase {phase!r} trained twice in one run; give each phase its own name")
         shareable = self._shareable(on_step, loss_fn) and start_step == 0  # decided before this phase counts
         self._phases.add(phase)
-        steps_per_epoch = math.ceil(len(self.data.train) / self.settings.batch_size)
-        self.epochs_trained += epochs - start_step / steps_per_epoch if start_step else epochs  # late rewinding: less
+        steps = per_epoch(len(self.data.train), self.settings.batch_size)
+        self.epochs_trained += epochs - start_step / steps if start_step else epochs  # late rewinding: less
         done = self.store.load(phase, "done")
         if done is not None:  # finished in an earlier attempt: replay its outcome, train nothing
             self.model.load_state_dict(done["model"])

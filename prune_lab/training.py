@@ -68,6 +68,11 @@ class TrainSettings:
         parse_duration(self.warmup, "train.warmup")
 
 
+def per_epoch(samples: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: every batch, the last one possibly short."""
+    return math.ceil(samples / batch_size)
+
+
 @dataclass
 class TrainResult:
     mask: Mask  # the mask in force at the end (a step hook may have replaced it)
@@ -99,7 +104,7 @@ def train(
     decay = {"weight_decay": settings.weight_decay} if settings.weight_decay else {}  # not every optimizer has it
     optimizer = settings.optimizer(model.parameters(), lr=settings.lr, **decay)
     n, bs = len(data.train), settings.batch_size
-    steps_per_epoch = math.ceil(n / bs)
+    steps_per_epoch = per_epoch(n, bs)
     total_steps = epochs * steps_per_epoch
     warmup = to_steps(parse_duration(settings.warmup, "train.warmup"), steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -8,7 +8,6 @@ resumed run prunes at the same steps, and the level records the schedule it foll
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from prune_lab.errors import UserError
 from prune_lab.masks import Mask
 from prune_lab.pruners.base import Criterion, Pruner, Shapes, check_reachable, check_sparsity
 from prune_lab.pruners.teacher import teacher_before_pruning
+from prune_lab.training import per_epoch
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
@@ -62,7 +62,7 @@ class PruneWhileTraining(Pruner):
 
     def run(self, job: Job) -> None:
         teacher = teacher_before_pruning(job, self.distill, self.epochs)
-        total = self.epochs * math.ceil(len(job.data.train) / job.settings.batch_size)
+        total = self.epochs * per_epoch(len(job.data.train), job.settings.batch_size)
 
         first = self.target_at(0, total)  # a schedule may start before the first step
         if first is not None:

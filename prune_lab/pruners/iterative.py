@@ -35,6 +35,7 @@ from prune_lab.masks import Mask
 from prune_lab.pruners.base import Pruner, Shapes, check_sparsity
 from prune_lab.pruners.criteria import Magnitude
 from prune_lab.pruners.survivors import apply_fate
+from prune_lab.training import per_epoch
 
 if TYPE_CHECKING:
     from prune_lab.job import Job, State
@@ -227,7 +228,7 @@ class IterativeMagnitude(Pruner):
 
     def rewind_step(self, job: Job) -> int:
         unit, k = self.rewind_at
-        steps_per_epoch = math.ceil(len(job.data.train) / job.settings.batch_size)
+        steps_per_epoch = per_epoch(len(job.data.train), job.settings.batch_size)
         step = k * steps_per_epoch if unit == "epoch" else k
         if step > self.epochs * steps_per_epoch:
             raise UserError(f"pruner.rewind={self.rewind} is past the end of dense training ({self.epochs} "

@@ -192,7 +192,8 @@ def payoff_section(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     latencies interleaved over rounds like every other timing here."""
     from prune_lab.export import export_slim
     from prune_lab.payoff import latency_ms, measure_payoff
-    from prune_lab.pruners.structured import Unit
+    from prune_lab.pruners.scores import Magnitude
+    from prune_lab.pruners.selection import Units, select_mask
 
     rows = []
     cases = (("lenet_300_100", DataInfo("mnist", (1, 28, 28), 10)), ("conv6", DataInfo("cifar10", (3, 32, 32), 10)))
@@ -201,10 +202,11 @@ def payoff_section(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
             model = model_factory(name, info)().eval()
             names = PrunableSelection().names(model)
             params = dict(model.named_parameters())
-            mask = Unit().compute_mask({n: params[n].detach() for n in names}, Mask.ones(model, names), sparsity)
+            weights = {n: params[n].detach() for n in names}
+            mask = select_mask(Magnitude(), Units(), weights, Mask.ones(model, names), sparsity)
             mask.apply_(model)
             sample = torch.randn(1, *info.input_shape)
-            p = measure_payoff(model, sample, latency=False)
+            p = measure_payoff(model, sample, "slim")
             slim = export_slim(model, sample)
             tag = f"{name} unit-pruned {sparsity:.0%}"
             rows += [row(f"{tag}: slim params / params", p["slim_params"] / sum(t.numel() for t in params.values()),

@@ -81,11 +81,12 @@ def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device
     model = model.to(device)
     prunable = spec.prunable.names(model)
     params = dict(model.named_parameters())
-    spec.pruner.check({n: tuple(params[n].shape) for n in prunable})  # an unreachable target stops here
+    spec.pruner.check({n: tuple(params[n].shape) for n in prunable}, data)  # unreachable target, unfit score
     refuse_certain_collapse({n: params[n].numel() for n in prunable}, spec.config.get("pruner") or {})
     store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
     metrics = MetricsLog(run_dir / METRICS)
-    return job_type(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache)
+    return job_type(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache,
+                    measure=spec.measure, tickets=run_dir / "tickets" if spec.keep_tickets else None)
 
 
 def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:

@@ -17,13 +17,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from prune_lab.errors import UserError
 from prune_lab.results import METRICS, read_results
+
+if TYPE_CHECKING:
+    from prune_lab.config import RunSpec
+    from prune_lab.job import Job
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,21 @@ class Run:
         eval mode). The dataset is loaded for its shapes (and a graph's adjacency), as the run did."""
         from hydra.utils import instantiate
 
-        from prune_lab.cache import load_once
 
-        data = load_once(instantiate(self.config["dataset"], _convert_="all"))
-        net = instantiate(self.config["model"], _convert_="all")(data.info)
+        net = instantiate(self.config["model"], _convert_="all")(self._data().info)
         net.load_state_dict(self.state_dict())
         return net.eval()
+
+    def sample_input(self) -> torch.Tensor:
+        """One training input, [1, *input_shape] (what the payoff's FLOPs and timings feed the network)."""
+        return self._data().train.x[:1]
+
+    def _data(self) -> Any:
+        from hydra.utils import instantiate
+
+        from prune_lab.cache import load_once
+
+        return load_once(instantiate(self.config["dataset"], _convert_="all"))
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -104,6 +117,25 @@ def compose(*overrides: str, config_dir: str | Path | None = None) -> tuple[Any,
     with open_dict(cfg):
         del cfg["hydra"]  # the command line's task function never sees it either: same config, same hash
     return cfg, choices
+
+
+def prepare(*overrides: str, run_dir: str | Path, config_dir: str | Path | None = None,
+            job_type: type[Job] | None = None) -> tuple[RunSpec, Job]:
+    """(the run's spec, the job its pruner drives) for `overrides`, built exactly as `python -m prune_lab` and
+    `run` build them (prune_lab.__main__.build_job), with nothing trained yet: `spec.pruner.run(job)` is the run.
+
+    The seam for tests and for notebooks that step through a method: a `job_type` subclass of Job may record
+    what the pruner does. Results files are not written; `run` does that."""
+    from prune_lab.__main__ import build_job
+    from prune_lab.config import compose_run
+
+    cfg, choices = compose(*overrides, config_dir=config_dir)
+    spec = compose_run(cfg, choices)
+    folder = Path(run_dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    from prune_lab.job import Job
+
+    return spec, build_job(spec, folder, job_type or Job)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ BOOKKEEPING: tuple[str, ...] = (
     "threads",                   # CPU threads for torch (the cache key records the count used)
     "cache_dir",                 # where the dense-training cache lives
     "keep_checkpoints",          # whether a finished run keeps its resumable checkpoints
+    "keep_tickets",              # whether every level's weights and mask are saved (tickets/)
+    "measure",                   # which payoff fields are measured (timings are not the experiment)
     "dataset.data_dir",          # where the data files are
     "dataset.download",          # whether missing files may be fetched
     "dataset.verify_md5",        # whether files are checked before use (a corrupt file fails either way)

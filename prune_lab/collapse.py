@@ -2,7 +2,7 @@
 
 Measured at every level (`collapsed_layers` in results.json, `measure_level`), and refused before any
 training when the sizes alone make it certain: the target keeps fewer weights than there are prunable
-layers (any pruner), or a layerwise magnitude/random criterion rounds a whole layer away.
+layers (any pruner), or layerwise unstructured selection rounds a whole layer away (whatever the score).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from prune_lab.errors import UserError
 
-# Criteria that prune each layer to round(sparsity * numel) with scope=layerwise (prune_lab.pruners.criteria).
-LAYERWISE_ROUNDING = ("prune_lab.pruners.criteria.Magnitude", "prune_lab.pruners.criteria.Random")
+# The selection that prunes each layer to round(sparsity * numel) with scope=layerwise (prune_lab.pruners.selection).
+LAYERWISE_ROUNDING = ("prune_lab.pruners.selection.Unstructured",)
 
 
 def certain_collapse(sizes: Mapping[str, int], pruner: Mapping[str, Any]) -> str | None:
@@ -30,9 +30,9 @@ def certain_collapse(sizes: Mapping[str, int], pruner: Mapping[str, Any]) -> str
     if most_kept < len(sizes):
         return (f"sparsity={sparsity:g} keeps at most {most_kept} of the {total} prunable weights, fewer than the "
                 f"{len(sizes)} prunable layers, so some layer keeps no weight (layer collapse)")
-    criterion = pruner.get("criterion")
-    if isinstance(criterion, Mapping) and criterion.get("_target_") in LAYERWISE_ROUNDING \
-            and criterion.get("scope") == "layerwise":
+    select = pruner.get("select")
+    if isinstance(select, Mapping) and select.get("_target_") in LAYERWISE_ROUNDING \
+            and select.get("scope") == "layerwise" and not pruner.get("layer_rates"):  # one target for every layer
         empty = [name for name, n in sizes.items() if round(sparsity * n) >= n]
         if empty:
             return (f"sparsity={sparsity:g} with scope=layerwise prunes every weight of {', '.join(empty)} "

@@ -24,6 +24,7 @@ from prune_lab.errors import UserError
 from prune_lab.init import Initializer
 from prune_lab.masks import PrunableSelection
 from prune_lab.options import options_help
+from prune_lab.payoff import check_measure
 from prune_lab.pruners.base import Pruner, check_sparsity
 from prune_lab.threads import resolve_threads
 from prune_lab.training import TrainSettings
@@ -85,6 +86,8 @@ class RunSpec:
     config: Mapping[str, Any]  # the resolved config as plain data (recorded in results.json)
     config_hash: str
     cache_dir: str | None = None  # folder of the dense-training cache (prune_lab.cache); None: off
+    keep_tickets: bool = False  # every level's weights and mask in <run>/tickets/
+    measure: str = "cheap"  # prune_lab.payoff.MEASURES
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -157,5 +160,7 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
         config=config,
         config_hash=config_hash(config),
         cache_dir=config.get("cache_dir"),
+        keep_tickets=check_value(cfg.get("keep_tickets", False), (bool,), "keep_tickets"),
+        measure=check_measure(cfg.get("measure", "cheap")),
         **objects,
     )

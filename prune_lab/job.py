@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,15 +21,27 @@ from prune_lab.data.splits import Splits
 from prune_lab.evaluation import Level, evaluate, measure_level
 from prune_lab.init import Initializer, MaskAwareInit
 from prune_lab.masks import Mask
-from prune_lab.payoff import measure_payoff
+from prune_lab.payoff import check_measure, measure_payoff
+from prune_lab.pruners.scores import ScoreInputs
 from prune_lab.seeding import generator
-from prune_lab.storage import PhaseStore
-from prune_lab.training import LossFn, StepHook, TrainSettings, cross_entropy, per_epoch, train
+from prune_lab.storage import PhaseStore, atomic_torch_save
+from prune_lab.training import LossFn, OnStep, TrainSettings, as_hook, cross_entropy, per_epoch, train
 
 if TYPE_CHECKING:
     from prune_lab.cache import DenseCache
 
 State = dict[str, Tensor]
+TICKET = "{index:02d}-{name}.pt"  # tickets/<index>-<level name>.pt: {"state_dict", "masks", "level", "index"}
+
+
+def save_ticket(folder: Path, index: int, name: str, model: nn.Module, mask: Mask) -> Path:
+    """Level `index`'s weights and mask, written atomically (a rerun of the level rewrites the same file)."""
+    path = folder / TICKET.format(index=index, name=name)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(path, {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                             "masks": mask.state_dict(),
+                             "level": name, "index": index})
+    return path
 
 
 def copy_state(model: nn.Module) -> State:
@@ -47,6 +60,8 @@ class Job:
         store: PhaseStore,
         log: Callable[[dict[str, Any]], None] = lambda record: None,
         dense_cache: DenseCache | None = None,
+        measure: str = "cheap",
+        tickets: Path | None = None,
     ):
         self.model, self.data, self.settings = model, data, settings
         self.prunable, self.init, self.seed, self.store, self.log = prunable, init, seed, store, log
@@ -59,6 +74,8 @@ class Job:
         self.dense_cache = dense_cache  # shares pure dense phases between a sweep's jobs (None: off)
         self.cached_phases: list[dict[str, Any]] = []  # {"phase", "key", "hit"} per phase the cache served
         self.epochs_trained = 0  # every phase's epochs so far: the training budget behind the next level
+        self.measure = check_measure(measure)  # what each level's payoff measures (prune_lab.payoff.MEASURES)
+        self.tickets = tickets  # a folder: every level's weights and mask are saved there (keep_tickets=true)
 
     # --- what pruners read -------------------------------------------------------------------------
     def weights(self) -> dict[str, Tensor]:
@@ -70,11 +87,20 @@ class Job:
         """A reproducible random stream for one purpose (e.g. "random-pruner", round)."""
         return generator(self.seed, *purpose)
 
+    def score_inputs(self, *purpose: object, mask: Mask | None = None) -> ScoreInputs:
+        """What a score reads now: the model, the mask in force (the job's, unless a phase has its own), the
+        data, and the random stream of `purpose`."""
+        return ScoreInputs(self.model, self.mask if mask is None else mask, self.data, self.generator(*purpose))
+
     # --- what pruners do ---------------------------------------------------------------------------
-    def train(self, phase: str, epochs: int, *, on_step: StepHook | None = None,
+    def train(self, phase: str, epochs: int, *, on_step: OnStep | None = None,
               loss_fn: LossFn = cross_entropy, start_step: int = 0) -> None:
         """Train the masked model for `epochs` epochs as phase `phase` (unique within a run); from optimizer
-        step `start_step` of that budget on (late rewinding: the schedule and data order of steps k..end)."""
+        step `start_step` of that budget on (late rewinding: the schedule and data order of steps k..end).
+
+        The step hook's state is stored with the finished phase, so a replayed phase hands the hook what it
+        had accumulated (e.g. movement scores) as if it had trained again."""
+        on_step = as_hook(on_step)
         if phase in self._phases:
             raise ValueError(f"phase {phase!r} trained twice in one run; give each phase its own name")
         shareable = self._shareable(on_step, loss_fn) and start_step == 0  # decided before this phase counts
@@ -86,6 +112,8 @@ class Job:
             self.model.load_state_dict(done["model"])
             self.mask = Mask.from_state_dict(done["mask"], self._device())
             self.history += done["history"]
+            if on_step is not None:
+                on_step.load_state_dict(done.get("hook", {}))
             self.log({"phase": phase, "event": "restored"})
             self.resumed.append({"phase": phase, "restored": True})
             return
@@ -101,10 +129,11 @@ class Job:
         else:
             history = self._train_phase(phase, epochs, on_step, loss_fn, start_step)["history"]
         self.store.save(phase, "done", {"model": self.model.state_dict(), "mask": self.mask.state_dict(),
-                                        "history": history})
+                                        "history": history,
+                                        "hook": on_step.state_dict() if on_step is not None else {}})
         self.store.drop(phase, "partial")
 
-    def _train_phase(self, phase: str, epochs: int, on_step: StepHook | None, loss_fn: LossFn,
+    def _train_phase(self, phase: str, epochs: int, on_step: OnStep | None, loss_fn: LossFn,
                      start_step: int = 0) -> dict[str, Any]:
         partial = self.store.load(phase, "partial")
         if partial is not None:  # cut short in an earlier attempt (kill, preemption, requeue)
@@ -120,7 +149,7 @@ class Job:
         return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                 "history": result.history}
 
-    def _shareable(self, on_step: StepHook | None, loss_fn: LossFn) -> bool:
+    def _shareable(self, on_step: OnStep | None, loss_fn: LossFn) -> bool:
         """Pure dense training, whose outcome depends on the run's config alone (prune_lab.cache): the job's
         first phase, from the initial weights, under an all-ones mask, with no step hook and the default loss."""
         if self.dense_cache is None or self._phases or on_step is not None or loss_fn is not cross_entropy:
@@ -192,8 +221,11 @@ class Job:
         level = measure_level(
             self.model, self.prunable, name, target_sparsity,
             test=evaluate(self.model, self.data.test, batch), val=evaluate(self.model, self.data.val, batch),
-            **measure_payoff(self.model, self.data.train.x[:1]), epochs_trained=self.epochs_trained, **extra,
+            **measure_payoff(self.model, self.data.train.x[:1], self.measure), epochs_trained=self.epochs_trained,
+            **extra,
         )
+        if self.tickets is not None:  # the level's ticket, to measure or export later (prune_lab.measure)
+            save_ticket(self.tickets, len(self.levels), name, self.model, self.mask)
         self.levels.append(level)
         self.log({"level": name, "sparsity": level.sparsity, "test_acc": level.test_acc,
                   "test_loss": level.test_loss})

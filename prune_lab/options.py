@@ -1,9 +1,9 @@
 """`--help`'s option list: every user-facing config group with each option's one-line description.
 
 The description is the first comment line of the option's YAML (after any `# @package` header), so writing
-an option documents it. Groups nested inside another group (size/<study>/, chosen by the study presets
-themselves) are internal and not listed. Hydra substitutes this text through the `prune_lab_options`
-resolver in conf/config.yaml's help template.
+an option documents it. The groups under size/ (size/<study>/, chosen by the study presets themselves) are
+internal and not listed; other nested groups (pruner/score) are. Hydra substitutes this text through the
+`prune_lab_options` resolver in conf/config.yaml's help template.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ def description(path: Path) -> str:
 
 
 def groups(conf: Path) -> dict[str, list[Path]]:
-    """{"dataset": [cifar10.yaml, ...], "hydra/launcher": [...]}: folders of YAML files, minus folders inside
-    another group's folder (internal)."""
+    """{"dataset": [cifar10.yaml, ...], "pruner/score": [...]}: folders of YAML files, minus the internal ones
+    (inside size/)."""
     found: dict[str, list[Path]] = {}
     for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):
         options = sorted(folder.glob("*.yaml"))
-        nested = any(any((conf / parent).glob("*.yaml")) for parent in folder.relative_to(conf).parents
-                     if parent != Path("."))
-        if options and not nested:
+        internal = folder.relative_to(conf).parts[:1] == ("size",) and folder != conf / "size"
+        if options and not internal:
             found[folder.relative_to(conf).as_posix()] = options
     return found
 

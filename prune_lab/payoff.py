@@ -4,8 +4,10 @@
 - `bytes_dense`: the `torch.save` size of the state dict; `bytes_sparse`: the same weights saved in the
   sparse format below (each tensor as nonzero values + a bitmask or int32 indices, whichever is smaller,
   or dense when that is smaller still). Both are real serialised sizes, not estimates.
-- When whole units or filters are pruned and the model is a chain (prune_lab.export): `slim_params`,
-  `slim_flops`, and CPU inference latency of the masked and the slim model at batch 1 and 256.
+- Asked for (`measure=slim|latency`, or `python -m prune_lab.measure RUN_DIR` on a finished run's saved
+  levels), when whole units or filters are pruned and the model is a chain (prune_lab.export): `slim_params`,
+  `slim_flops`, and (latency) CPU inference latency of the masked and the slim model at batch 1 and 256.
+  A deep copy, an export and timed passes per level cost far more than the rest, so not by default.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prune_lab.errors import UserError
 from prune_lab.export import NotExportable, dead_units, export_slim, params
 from prune_lab.flops import MATMUL_LAYERS, count_flops
 
+# What a level measures: cheap (FLOPs, parameters, bytes: every level, always), slim (+ the slim export's
+# size), latency (+ timings of the masked and slim models). The one list `measure=` and the command take.
+MEASURES = ("cheap", "slim", "latency")
 LATENCY_BATCHES = (1, 256)
 LATENCY_BUDGET_S = 0.25  # per model and batch size: repeats until this much time, so payoff stays cheap
 
@@ -89,8 +95,16 @@ def has_dead_units(model: nn.Module) -> bool:
     return any(bool(dead_units(m).any()) for m in model.modules() if isinstance(m, MATMUL_LAYERS))
 
 
-def measure_payoff(model: nn.Module, sample: Tensor, latency: bool = True) -> dict[str, Any]:
+def check_measure(measure: object) -> str:
+    if measure not in MEASURES:
+        raise UserError(f"measure={measure!r} is not one of {', '.join(MEASURES)}: cheap records FLOPs, parameters "
+                        "and bytes; slim adds the slim export; latency adds CPU timings")
+    return str(measure)
+
+
+def measure_payoff(model: nn.Module, sample: Tensor, measure: str = "cheap") -> dict[str, Any]:
     """The level's payoff fields (see the module docstring); `sample` is one input, [1, *input_shape]."""
+    check_measure(measure)
     try:
         flops = count_flops(model, sample[:1])
     except (RuntimeError, TypeError, ValueError) as e:  # a model that needs more than one sample (a graph)
@@ -101,7 +115,7 @@ def measure_payoff(model: nn.Module, sample: Tensor, latency: bool = True) -> di
         "bytes_dense": saved_size({k: v.detach().cpu() for k, v in model.state_dict().items()}),
         "bytes_sparse": saved_size(sparse_state(model)),
     }
-    if not has_dead_units(model):
+    if measure == "cheap" or not has_dead_units(model):
         return record
     cpu_model = copy_to_cpu(model)
     cpu_sample = sample[:1].detach().cpu()
@@ -113,7 +127,7 @@ def measure_payoff(model: nn.Module, sample: Tensor, latency: bool = True) -> di
     if params(slim) >= params(cpu_model):
         return record  # dead units whose constants could not be folded away: nothing smaller to show
     record.update(slim_params=params(slim), slim_flops=count_flops(slim, cpu_sample).dense)
-    if latency:
+    if measure == "latency":
         cpu_model.eval()
         for batch in LATENCY_BATCHES:
             x = cpu_sample.expand(batch, *cpu_sample.shape[1:]).contiguous()

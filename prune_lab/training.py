@@ -2,7 +2,10 @@
 
 Masks are enforced by zeroing pruned weights after every optimizer step (one fused multiply over the
 prunable tensors), so no optimizer state (Adam moments, SGD momentum) can bring a pruned weight back
-and the forward pass carries no hooks. A pruner that prunes during training does so through `on_step`.
+and the forward pass carries no hooks. A method acts inside a phase only through a `StepHook` (`on_step`):
+it sees every step's gradients and may hand back a new mask after the step, and whatever it accumulates is
+its `state_dict`, saved in every checkpoint with the model, optimizer and schedule, so a resumed phase is
+the uninterrupted one for stateful methods too (movement pruning's scores).
 """
 
 from __future__ import annotations
@@ -28,13 +31,83 @@ from prune_lab.validate import check_fields, check_range
 
 # (logits [B, classes], labels [B], inputs [B, ...]) -> scalar loss; inputs let distillation query a teacher.
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-# (step done so far, total steps of the phase, model) -> a new mask to enforce from now on, or None.
-StepHook = Callable[[int, int, nn.Module], "Mask | None"]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 def cross_entropy(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return F.cross_entropy(logits, y)
+
+
+class StepHook:
+    """What a method does inside one training phase; every method is a no-op here.
+
+    The trainer calls `after_backward` between backward and the optimizer step (gradients in `.grad`, the
+    weights those gradients belong to), and `after_step` after the step and mask enforcement; a mask it
+    returns is enforced from then on. `state_dict` is saved in every checkpoint of the phase and in the
+    finished phase; `load_state_dict` gets it back on resume and on replay."""
+
+    def after_backward(self, model: nn.Module) -> None:
+        return None
+
+    def after_step(self, step: int, total: int, model: nn.Module, mask: Mask) -> Mask | None:
+        """`step` optimizer steps done of `total`; `mask` is the one in force. A new mask, or None."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass
+class FunctionHook(StepHook):
+    """A plain function (step, total, model) -> Mask | None as a stateless hook."""
+
+    fn: Callable[[int, int, nn.Module], Mask | None]
+
+    def after_step(self, step: int, total: int, model: nn.Module, mask: Mask) -> Mask | None:
+        return self.fn(step, total, model)
+
+
+@dataclass
+class Hooks(StepHook):
+    """Several hooks in one phase, called in order; at most one of them may prune (return a mask)."""
+
+    hooks: list[StepHook]
+
+    def after_backward(self, model: nn.Module) -> None:
+        for hook in self.hooks:
+            hook.after_backward(model)
+
+    def after_step(self, step: int, total: int, model: nn.Module, mask: Mask) -> Mask | None:
+        new = [m for m in (h.after_step(step, total, model, mask) for h in self.hooks) if m is not None]
+        if len(new) > 1:
+            raise RuntimeError("two step hooks pruned at the same step; a phase has one pruning hook")
+        return new[0] if new else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): h.state_dict() for i, h in enumerate(self.hooks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, h in enumerate(self.hooks):
+            h.load_state_dict(state.get(str(i), {}))
+
+
+OnStep = StepHook | Callable[[int, int, nn.Module], "Mask | None"]
+
+
+def as_hook(on_step: OnStep | None) -> StepHook | None:
+    """The one hook type the trainer calls; a plain function becomes a `FunctionHook`."""
+    if on_step is None or isinstance(on_step, StepHook):
+        return on_step
+    return FunctionHook(on_step)
+
+
+def combine(*hooks: StepHook | None) -> StepHook | None:
+    """The hooks that are there, as one (None when there is none)."""
+    present = [h for h in hooks if h is not None]
+    return None if not present else present[0] if len(present) == 1 else Hooks(present)
 
 
 @dataclass(frozen=True)
@@ -77,6 +150,7 @@ def per_epoch(samples: int, batch_size: int) -> int:
 class TrainResult:
     mask: Mask  # the mask in force at the end (a step hook may have replaced it)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    hook_state: dict[str, Any] = field(default_factory=dict)  # the step hook's state at the end of the phase
 
 
 def train(
@@ -88,7 +162,7 @@ def train(
     *,
     seed: int,
     phase: str,
-    on_step: StepHook | None = None,
+    on_step: OnStep | None = None,
     loss_fn: LossFn = cross_entropy,
     resume: dict[str, Any] | None = None,
     save: Callable[[dict[str, Any]], None] | None = None,
@@ -100,6 +174,7 @@ def train(
     `start_step` k > 0 trains steps k..end of the phase (late rewinding, as OpenLTH's lottery runner): the
     data order is the uninterrupted phase's from step k on, the learning rate the schedule's value at k, and
     the optimizer starts fresh (no Adam moments or momentum carried over from the rewound run)."""
+    hook = as_hook(on_step)
     params = dict(model.named_parameters())
     decay = {"weight_decay": settings.weight_decay} if settings.weight_decay else {}  # not every optimizer has it
     optimizer = settings.optimizer(model.parameters(), lr=settings.lr, **decay)
@@ -116,6 +191,8 @@ def train(
         scheduler.load_state_dict(resume["scheduler"])
         mask = Mask.from_state_dict(resume["mask"], device=next(iter(params.values())).device)
         step, history = resume["epoch"] * steps_per_epoch, list(resume["history"])
+        if hook is not None:
+            hook.load_state_dict(resume.get("hook", {}))
     else:
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose, to reach k
             warnings.simplefilter("ignore", UserWarning)
@@ -152,14 +229,16 @@ def train(
                 loss = loss_fn(forward(x), y, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if hook is not None:
+                hook.after_backward(model)
             optimizer.step()
             scheduler.step()
             torch._foreach_mul_(weights, keeps)  # pruned weights back to exactly zero
             loss_sum += loss.detach() * len(idx)  # stays on device: no host sync per step
             seen += len(idx)
             step += 1
-            if on_step is not None:
-                new_mask = on_step(step, total_steps, model)
+            if hook is not None:
+                new_mask = hook.after_step(step, total_steps, model, mask)
                 if new_mask is not None:
                     mask = new_mask
                     weights, keeps = enforce(mask)
@@ -174,6 +253,6 @@ def train(
         if save is not None and epoch + 1 < epochs and due:
             save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict(), "mask": mask.state_dict(), "epoch": epoch + 1,
-                  "history": history})
+                  "history": history, "hook": hook.state_dict() if hook is not None else {}})
             last_save = time.monotonic()
-    return TrainResult(mask, history)
+    return TrainResult(mask, history, hook.state_dict() if hook is not None else {})

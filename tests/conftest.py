@@ -1,4 +1,6 @@
-"""Shared test helpers: run the real CLI in a subprocess, and real datasets copied from ../shared/data."""
+"""Shared test helpers: run the real CLI in a subprocess, build a run's job in process (prune_lab.api.prepare),
+start / kill / compare real runs, and real datasets copied from ../shared/data. Test modules import helpers
+from here only, never from each other."""
 
 from __future__ import annotations
 
@@ -8,10 +10,16 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from prune_lab.api import prepare
+from prune_lab.job import Job, copy_state
+from prune_lab.masks import Mask
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PRUNE_LAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -25,6 +33,67 @@ def run_cli(*args: str, cwd: Path, module: str = "prune_lab", timeout: float = 6
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+# Penguins, a batch of 16 (14 steps an epoch) so most of the time is spent inside epochs; a checkpoint
+# at every epoch end. One thread: the reference and the killed run must compute the same way.
+EPOCHS = 20
+ARGS = ["device=cpu", "seed=7", "sparsity=0.5", f"train.epochs={EPOCHS}", f"train.finetune_epochs={EPOCHS}",
+        "train.batch_size=16", "train.checkpoint_every_s=0"]
+
+
+def start(run_dir: Path, cache: Path, *overrides: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PRUNE_LAB_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "prune_lab", f"hydra.run.dir={run_dir}", *ARGS, *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def wait_for_any(folder: Path, pattern: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until a file matching `pattern` is in `folder` (polled every 10 ms; the run must still be going)."""
+    deadline = time.monotonic() + timeout
+    while not list(folder.glob(pattern)):
+        assert proc.poll() is None, f"the run ended before {folder / pattern} appeared:\n{proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"{folder / pattern} did not appear within {timeout}s"
+        time.sleep(0.01)
+
+
+def computed(levels: list[dict]) -> list[dict]:
+    """A run's levels without what is timed (latency_*_ms): everything computed must match bit for bit."""
+    return [{k: v for k, v in level.items() if not k.endswith(("_ms", "_s"))} for level in levels]
+
+
+def metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """metrics.jsonl as (epoch records, level records without timings)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if "epoch" in r], computed([r for r in records if "epoch" not in r])
+
+
+class RecordingJob(Job):
+    """A real Job that also keeps the weights and mask at the start and end of every phase."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.starts: dict[str, tuple[dict[str, torch.Tensor], Mask]] = {}
+        self.ends: dict[str, tuple[dict[str, torch.Tensor], Mask]] = {}
+
+    def train(self, phase, epochs, **kwargs):
+        self.starts[phase] = (copy_state(self.model), self.mask)
+        super().train(phase, epochs, **kwargs)
+        self.ends[phase] = (copy_state(self.model), self.mask)
+
+
+def job_from_config(folder: Path, *overrides: str) -> RecordingJob:
+    """The job `python -m prune_lab OVERRIDES` would drive (prune_lab.api.prepare: same config, data, model,
+    init, store), with its pruner as `job.pruner` and the dense cache off."""
+    spec, job = prepare(*overrides, "cache_dir=null", run_dir=folder, job_type=RecordingJob)
+    job.pruner = spec.pruner
+    return job
 
 
 def read_json(path: Path) -> dict:

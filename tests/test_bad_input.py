@@ -25,16 +25,20 @@ CASES = {
     "conv_net_on_penguins": (["model=conv2"], "needs images"),
     "mnist_missing_offline": (["dataset=mnist", "dataset.data_dir=nodata"], "train-images-idx3-ubyte.gz"),
     "cifar_missing_offline": (["dataset=cifar10", "dataset.data_dir=nodata"], "data_batch_1"),
-    "unknown_scope": (["pruner.criterion.scope=both"], "layerwise"),
+    "unknown_scope": (["pruner.select.scope=both"], "layerwise"),
     "unknown_option": (["init=nope"], "init=nope is not an option of init: choose one of checkpoint, default,"),
     "pruner_typo": (["pruner=magnitud"], "did you mean magnitude"),
     "unknown_pruner": (["pruner=nonexistent"], "pruner=nonexistent is not an option of pruner"),
     "key_typo": (["train.lrr=0.1"], "train.lrr is not a setting: did you mean train.lr?"),
-    "nested_key_typo": (["pruner.criterion.scop=global"], "did you mean pruner.criterion.scope?"),
+    "nested_key_typo": (["pruner.select.scop=global"], "did you mean pruner.select.scope?"),
     "group_typo": (["prunr=magnitude"], "prunr is not a setting: did you mean pruner"),
     "unknown_key": (["nonsense=1"], "nonsense is not a setting"),
     "bad_override_syntax": (["seed=[1"], "cannot read the override 'seed=[1'"),
     "layer_collapse_certain": (["sparsity=0.999"], "layer collapse"),
+    "unknown_measure": (["measure=fast"], "measure='fast' is not one of cheap, slim, latency"),
+    "score_typo": (["pruner/score=magnitud"], "did you mean magnitude"),
+    "score_that_needs_training_at_init": (["pruner=snip", "pruner/score=movement"],
+                                          "pruner/score=movement accumulates its scores while the network trains"),
 }
 
 

@@ -8,7 +8,8 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from prune_lab.masks import Mask, PrunableSelection, measured_sparsity
-from prune_lab.pruners.criteria import Magnitude, Random
+from prune_lab.pruners.scores import Magnitude, Random
+from prune_lab.pruners.selection import Unstructured, select_mask
 
 
 def model() -> nn.Module:
@@ -29,7 +30,7 @@ def full_mask(m: nn.Module) -> Mask:
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.8, 0.95])
 def test_layerwise_magnitude_matches_torch_l1_unstructured(sparsity: float):
     m = model()
-    ours = Magnitude("layerwise").compute_mask(weights_of(m), full_mask(m), sparsity)
+    ours = select_mask(Magnitude(), Unstructured("layerwise"), weights_of(m), full_mask(m), sparsity)
     for name, module in [("0.weight", m[0]), ("2.weight", m[2]), ("4.weight", m[4])]:
         theirs = torch_prune.L1Unstructured(sparsity).compute_mask(module.weight.detach(),
                                                                    torch.ones_like(module.weight))
@@ -39,7 +40,7 @@ def test_layerwise_magnitude_matches_torch_l1_unstructured(sparsity: float):
 @pytest.mark.parametrize("sparsity", [0.3, 0.8, 0.95])
 def test_global_magnitude_matches_torch_global_unstructured(sparsity: float):
     m = model()
-    ours = Magnitude("global").compute_mask(weights_of(m), full_mask(m), sparsity)
+    ours = select_mask(Magnitude(), Unstructured("global"), weights_of(m), full_mask(m), sparsity)
     reference = model()
     torch_prune.global_unstructured([(reference[0], "weight"), (reference[2], "weight"), (reference[4], "weight")],
                                     pruning_method=torch_prune.L1Unstructured, amount=sparsity)
@@ -50,7 +51,7 @@ def test_global_magnitude_matches_torch_global_unstructured(sparsity: float):
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.77, 0.9])
 def test_layerwise_prunes_every_layer_to_the_fraction_within_one_weight(sparsity: float):
     m = model()
-    mask = Magnitude("layerwise").compute_mask(weights_of(m), full_mask(m), sparsity)
+    mask = select_mask(Magnitude(), Unstructured("layerwise"), weights_of(m), full_mask(m), sparsity)
     mask.apply_(m)
     for name, layer in measured_sparsity(m, mask.names()).items():
         assert abs(layer.sparsity * layer.numel - sparsity * layer.numel) <= 1, name
@@ -59,7 +60,7 @@ def test_layerwise_prunes_every_layer_to_the_fraction_within_one_weight(sparsity
 def test_global_uses_one_threshold_and_reaches_the_total():
     m = model()
     w = weights_of(m)
-    mask = Magnitude("global").compute_mask(w, full_mask(m), 0.6)
+    mask = select_mask(Magnitude(), Unstructured("global"), w, full_mask(m), 0.6)
     pruned = torch.cat([w[n][~mask.tensors[n]].abs() for n in w])
     kept = torch.cat([w[n][mask.tensors[n]].abs() for n in w])
     assert pruned.max() <= kept.min()
@@ -69,13 +70,14 @@ def test_global_uses_one_threshold_and_reaches_the_total():
     assert len({round(s.sparsity, 3) for s in mask.layers().values()}) > 1
 
 
-@pytest.mark.parametrize("criterion", [Magnitude("layerwise"), Magnitude("global"), Random("layerwise")])
-def test_pruned_weights_stay_pruned_and_count_towards_the_target(criterion):
+@pytest.mark.parametrize(("score", "scope"), [(Magnitude(), "layerwise"), (Magnitude(), "global"),
+                                              (Random(), "layerwise")])
+def test_pruned_weights_stay_pruned_and_count_towards_the_target(score, scope):
     m = model()
     g = torch.Generator().manual_seed(0)
-    first = criterion.compute_mask(weights_of(m), full_mask(m), 0.5, g)
+    first = select_mask(score, Unstructured(scope), weights_of(m), full_mask(m), 0.5, g)
     first.apply_(m)
-    second = criterion.compute_mask(weights_of(m), first, 0.8, g)
+    second = select_mask(score, Unstructured(scope), weights_of(m), first, 0.8, g)
     assert all(not (second.tensors[n] & ~first.tensors[n]).any() for n in first.names()), "nothing regrows"
     total = sum(t.numel() for t in first.tensors.values())
     assert abs(second.sparsity() - 0.8) * total <= len(first.names())
@@ -83,18 +85,18 @@ def test_pruned_weights_stay_pruned_and_count_towards_the_target(criterion):
 
 def test_random_is_reproducible_and_seed_dependent():
     m = model()
-    a = Random().compute_mask(weights_of(m), full_mask(m), 0.5, torch.Generator().manual_seed(1))
-    b = Random().compute_mask(weights_of(m), full_mask(m), 0.5, torch.Generator().manual_seed(1))
-    c = Random().compute_mask(weights_of(m), full_mask(m), 0.5, torch.Generator().manual_seed(2))
+    a = select_mask(Random(), Unstructured(), weights_of(m), full_mask(m), 0.5, torch.Generator().manual_seed(1))
+    b = select_mask(Random(), Unstructured(), weights_of(m), full_mask(m), 0.5, torch.Generator().manual_seed(1))
+    c = select_mask(Random(), Unstructured(), weights_of(m), full_mask(m), 0.5, torch.Generator().manual_seed(2))
     assert all(torch.equal(a.tensors[n], b.tensors[n]) for n in a.names())
     assert any(not torch.equal(a.tensors[n], c.tensors[n]) for n in a.names())
 
 
-def test_compute_mask_is_pure():
+def test_selection_is_pure():
     m = model()
     w = weights_of(m)
     before = {n: t.clone() for n, t in w.items()}
-    Magnitude("global").compute_mask(w, full_mask(m), 0.7)
+    select_mask(Magnitude(), Unstructured("global"), w, full_mask(m), 0.7)
     assert all(torch.equal(before[n], w[n]) for n in w)
 
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from prune_lab.errors import UserError
 from prune_lab.masks import LayerSparsity, Mask, PrunableSelection, measured_sparsity
-from prune_lab.pruners.criteria import Magnitude, Random, _prune_more, prune_lowest
-from prune_lab.pruners.structured import Unit, unit_norms
+from prune_lab.pruners.scores import Magnitude, Random, row_norms
+from prune_lab.pruners.selection import Units, Unstructured, _prune_more, prune_lowest, select_mask
 
 
 def net() -> nn.Module:
@@ -141,7 +141,7 @@ def test_measured_sparsity_counts_actual_zeros():
 
 
 def test_unknown_scope_is_refused_with_the_choices():
-    for make in (lambda: Magnitude("local"), lambda: Random("local"), lambda: Unit("local")):
+    for make in (lambda: Unstructured("local"), lambda: Units("local")):
         with pytest.raises(UserError, match=r"^pruner scope='local' is not one of \('layerwise', 'global'\)"):
             make()
     with pytest.raises(UserError, match="scope"):
@@ -181,30 +181,29 @@ def test_prune_lowest_counts_weights_already_pruned_by_hand():
 @pytest.mark.parametrize("sparsity", [0.2, 0.5, 0.9])
 def test_magnitude_ranks_by_absolute_value_like_torch(sparsity: float):
     w = {"x": torch.tensor([[-5.0, 0.1, 3.0], [-0.2, 2.0, -1.0]])}
-    ours = Magnitude().compute_mask(w, ones(w), sparsity).tensors["x"]
+    ours = select_mask(Magnitude(), Unstructured(), w, ones(w), sparsity).tensors["x"]
     theirs = torch_prune.L1Unstructured(sparsity).compute_mask(w["x"], torch.ones_like(w["x"]))
     assert torch.equal(ours, theirs.bool())
-    assert Magnitude().scope == "layerwise"
 
 
 def test_magnitude_and_random_respect_their_scope():
     m = net()
     w = weights(m)
-    for criterion in (Magnitude, Random):
+    for score in (Magnitude(), Random()):
         g = torch.Generator().manual_seed(3)
-        layer = criterion("layerwise").compute_mask(w, ones(w), 0.5, g)
+        layer = select_mask(score, Unstructured("layerwise"), w, ones(w), 0.5, g)
         assert all(s.nonzero == s.numel - round(0.5 * s.numel) for s in layer.layers().values())
-        glob = criterion("global").compute_mask(w, ones(w), 0.3, torch.Generator().manual_seed(3))
+        glob = select_mask(score, Unstructured("global"), w, ones(w), 0.3, torch.Generator().manual_seed(3))
         total = sum(t.numel() for t in w.values())
         assert sum(s.numel - s.nonzero for s in glob.layers().values()) == round(0.3 * total)
-    assert Random().scope == "layerwise"
+    assert Unstructured().scope == "layerwise" and Units().scope == "layerwise"
 
 
 def test_random_needs_a_generator_and_draws_uniform_scores_from_it():
     w = {"x": torch.zeros(400)}
-    with pytest.raises(ValueError, match=r"^Random.compute_mask needs a generator for reproducibility$"):
-        Random().compute_mask(w, ones(w), 0.5)
-    mask = Random().compute_mask(w, ones(w), 0.5, torch.Generator().manual_seed(0)).tensors["x"]
+    with pytest.raises(ValueError, match=r"^the Random score needs a generator for reproducibility$"):
+        select_mask(Random(), Unstructured(), w, ones(w), 0.5)
+    mask = select_mask(Random(), Unstructured(), w, ones(w), 0.5, torch.Generator().manual_seed(0)).tensors["x"]
     # The same draw torch.rand makes with that generator: the lowest half of those scores go.
     scores = torch.rand(400, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mask, scores > scores.sort().values[199])
@@ -214,34 +213,47 @@ def test_random_needs_a_generator_and_draws_uniform_scores_from_it():
 # --- structured.py ------------------------------------------------------------------------------
 
 
-def test_unit_norms_are_l2_norms_of_surviving_weights_and_dead_units_score_minus_one():
+def test_magnitude_unit_scores_are_l2_norms_of_surviving_weights():
     w = torch.tensor([[3.0, 4.0, 1.0], [1.0, 1.0, 1.0], [2.0, 0.0, 0.0]])
     keep = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
-    assert torch.allclose(unit_norms(w, keep), torch.tensor([5.0, 3**0.5, -1.0]))
+    assert torch.allclose(row_norms(w.abs(), keep), torch.tensor([5.0, 3**0.5, 0.0]))
     conv = torch.ones(2, 1, 2, 2)
-    assert torch.allclose(unit_norms(conv, torch.ones_like(conv, dtype=torch.bool)), torch.tensor([2.0, 2.0]))
+    assert torch.allclose(row_norms(conv, torch.ones_like(conv, dtype=torch.bool)), torch.tensor([2.0, 2.0]))
+
+
+def test_a_dead_unit_goes_before_any_live_one_whatever_its_score():
+    # Unit 2 is dead already; unit 0's Taylor-like score of 0 is the lowest live one, so it goes next.
+    class Fixed(Magnitude):
+        def units(self, inputs):
+            return {"a": torch.tensor([0.0, 5.0, 9.0, 7.0]), "out": torch.zeros(2)}
+
+    w = {"a": torch.ones(4, 3), "out": torch.ones(2, 4)}
+    mask = ones(w)
+    mask.tensors["a"][2] = False
+    out = select_mask(Fixed(), Units("global"), w, mask, 0.3)  # 20 weights, 6 pruned: dead unit 2, then unit 0
+    assert out.tensors["a"].any(1).tolist() == [False, True, False, True]
 
 
 def test_candidates_skip_the_output_layer_unless_it_is_the_only_one():
-    assert Unit().candidates(["a", "b", "c"]) == ["a", "b"]
-    assert Unit().candidates(["a"]) == ["a"]
-    assert Unit(skip_output=False).candidates(["a", "b"]) == ["a", "b"]
-    assert Unit().scope == "layerwise" and Unit().skip_output is True
+    assert Units().candidates(["a", "b", "c"]) == ["a", "b"]
+    assert Units().candidates(["a"]) == ["a"]
+    assert Units(skip_output=False).candidates(["a", "b"]) == ["a", "b"]
+    assert Units().scope == "layerwise" and Units().skip_output is True
 
 
 def test_max_sparsity_by_hand():
     shapes = {"a": (6, 4), "b": (5, 6), "c": (3, 5)}
     # a may lose 5 rows of 4, b 4 rows of 6; c (output) stays: (20 + 24) / (24 + 30 + 15).
-    assert Unit().max_sparsity(shapes) == pytest.approx(44 / 69)
-    assert Unit(skip_output=False).max_sparsity(shapes) == pytest.approx((20 + 24 + 10) / 69)
-    assert Unit().max_sparsity({"conv": (4, 2, 3, 3)}) == pytest.approx(3 / 4)
+    assert Units().max_sparsity(shapes) == pytest.approx(44 / 69)
+    assert Units(skip_output=False).max_sparsity(shapes) == pytest.approx((20 + 24 + 10) / 69)
+    assert Units().max_sparsity({"conv": (4, 2, 3, 3)}) == pytest.approx(3 / 4)
 
 
 @pytest.mark.parametrize("sparsity", [0.2, 0.5, 0.7])
 def test_layerwise_units_match_torch_ln_structured_without_a_protected_layer(sparsity: float):
     m = net()
     w = weights(m)
-    ours = Unit("layerwise", skip_output=False).compute_mask(w, ones(w), sparsity)
+    ours = select_mask(Magnitude(), Units("layerwise", skip_output=False), w, ones(w), sparsity)
     for n, t in w.items():
         theirs = torch_prune.LnStructured(sparsity, n=2, dim=0).compute_mask(t, torch.ones_like(t))
         assert torch.equal(ours.tensors[n], theirs.bool()), n
@@ -250,14 +262,14 @@ def test_layerwise_units_match_torch_ln_structured_without_a_protected_layer(spa
 def test_layerwise_share_counts_all_weights_and_never_takes_the_last_unit():
     m = net()
     w = weights(m)  # 24 + 30 + 15 = 69 weights; candidates 0 and 2 hold 54
-    mask = Unit("layerwise").compute_mask(w, ones(w), 0.3)
+    mask = select_mask(Magnitude(), Units("layerwise"), w, ones(w), 0.3)
     share = 0.3 * 69 / 54
     for n, rows in (("0.weight", 6), ("2.weight", 5)):
         dead_rows = int((~mask.tensors[n].any(1)).sum())
         assert dead_rows == round(share * rows), n
         assert not (mask.tensors[n].any(1) & ~mask.tensors[n].all(1)).any(), "whole rows only"
     assert mask.tensors["4.weight"].all(), "the output layer is protected"
-    near_all = Unit("layerwise").compute_mask(w, ones(w), 0.99)
+    near_all = select_mask(Magnitude(), Units("layerwise"), w, ones(w), 0.99)
     assert all(int(near_all.tensors[n].any(1).sum()) == 1 for n in ("0.weight", "2.weight"))
     # The strongest unit is the one left.
     assert near_all.tensors["0.weight"][w["0.weight"].norm(dim=1).argmax()].all()
@@ -266,7 +278,7 @@ def test_layerwise_share_counts_all_weights_and_never_takes_the_last_unit():
 def test_layerwise_conv_filters_go_whole():
     torch.manual_seed(1)
     w = {"c": torch.randn(4, 2, 3, 3), "o": torch.randn(2, 36)}
-    mask = Unit("layerwise").compute_mask(w, ones(w), 0.25)
+    mask = select_mask(Magnitude(), Units("layerwise"), w, ones(w), 0.25)
     dead = ~mask.tensors["c"].reshape(4, -1).any(1)
     assert int(dead.sum()) == round(0.25 * (72 + 72) / 72 * 4)
     assert torch.equal(dead, w["c"].reshape(4, -1).norm(dim=1) <= w["c"].reshape(4, -1).norm(dim=1).sort()[0][1])
@@ -279,16 +291,16 @@ def test_global_units_leave_in_norm_order_until_closest_to_the_target_by_hand():
          "b": torch.tensor([[3.0, 0.0], [0.5, 0.0]]),
          "c": torch.ones(2, 2)}
     # 14 weights; 0.3 -> round(4.2) = 4 weights = 2 rows: the two lowest norms, b1 (0.5) then a0 (1).
-    mask = Unit("global").compute_mask(w, ones(w), 0.3)
+    mask = select_mask(Magnitude(), Units("global"), w, ones(w), 0.3)
     assert torch.equal(mask.tensors["a"].all(1), torch.tensor([False, True, True]))
     assert torch.equal(mask.tensors["b"].all(1), torch.tensor([True, False]))
     assert mask.tensors["c"].all()
     # 0.5 -> 7 weights: 3 rows (6) is closer than 4 rows (8): b1, a0, a2; b0 is b's last unit and stays.
-    mask = Unit("global").compute_mask(w, ones(w), 0.5)
+    mask = select_mask(Magnitude(), Units("global"), w, ones(w), 0.5)
     assert torch.equal(mask.tensors["a"].all(1), torch.tensor([False, True, False]))
     assert torch.equal(mask.tensors["b"].all(1), torch.tensor([True, False]))
     # Nothing left to prune: the mask comes back as it was.
-    again = Unit("global").compute_mask(w, mask, 0.2)
+    again = select_mask(Magnitude(), Units("global"), w, mask, 0.2)
     assert all(torch.equal(again.tensors[n], mask.tensors[n]) for n in w)
 
 
@@ -299,11 +311,11 @@ def test_global_units_count_only_surviving_weights_and_already_pruned_ones():
     keep = torch.tensor([[True, False, False, False], [True] * 4, [True] * 4])
     mask = Mask({"a": keep, "o": torch.ones(1, 4, dtype=torch.bool)})
     # 0.25 -> 4 pruned; 3 already: removing a0 (norm 1, gains 1 weight) hits exactly 4.
-    out = Unit("global").compute_mask(w, mask, 0.25)
+    out = select_mask(Magnitude(), Units("global"), w, mask, 0.25)
     assert torch.equal(out.tensors["a"].any(1), torch.tensor([False, True, True]))
     assert out.sparsity() == pytest.approx(4 / 16)
     # 0.5 -> 8: a0 (+1) then a1 (+4) = 8 exactly.
-    out = Unit("global").compute_mask(w, mask, 0.5)
+    out = select_mask(Magnitude(), Units("global"), w, mask, 0.5)
     assert torch.equal(out.tensors["a"].any(1), torch.tensor([False, False, True]))
     assert out.sparsity() == pytest.approx(8 / 16)
 
@@ -312,10 +324,10 @@ def test_global_units_with_equal_norms_go_in_order_and_across_layers():
     w = {"a": torch.ones(4, 2), "b": torch.ones(4, 2), "o": torch.ones(1, 8)}
     # 24 weights, 0.25 -> 6 -> 3 rows of equal norm: a stable order removes a1, a2, a3 (a0 is a's kept unit
     # by argmax).
-    out = Unit("global").compute_mask(w, ones(w), 0.25)
+    out = select_mask(Magnitude(), Units("global"), w, ones(w), 0.25)
     assert torch.equal(out.tensors["a"].all(1), torch.tensor([True, False, False, False]))
     assert out.tensors["b"].all()
-    out = Unit("global").compute_mask(w, ones(w), 0.5)  # 12 -> 6 rows: a1-a3, then b1-b3
+    out = select_mask(Magnitude(), Units("global"), w, ones(w), 0.5)  # 12 -> 6 rows: a1-a3, then b1-b3
     assert torch.equal(out.tensors["b"].all(1), torch.tensor([True, False, False, False]))
 
 
@@ -324,6 +336,6 @@ def test_global_units_walk_every_candidate_layer_in_order():
     w = {"a": torch.tensor([[1.0], [9.0]]), "b": torch.tensor([[8.0], [2.0]]), "c": torch.tensor([[3.0], [7.0]]),
          "o": torch.ones(1, 2)}
     # 8 weights, 0.375 -> 3 weights = 3 units: norms 1 (a0), 2 (b1), 3 (c0).
-    out = Unit("global").compute_mask(w, ones(w), 0.375)
+    out = select_mask(Magnitude(), Units("global"), w, ones(w), 0.375)
     assert [out.tensors[n].reshape(-1).tolist() for n in ("a", "b", "c")] == [[False, True], [True, False],
                                                                               [False, True]]

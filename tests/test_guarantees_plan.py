@@ -1,7 +1,7 @@
 """The IMP plan (prune_lab/pruners/iterative.py): every number decided before training, checked by hand.
 
 Rounds, per-layer laws, merged slivers, refusals and the order of a round's steps, written to kill the
-mutants `make mutation` finds in the module. The schedule test drives `IterativeMagnitude.run` with a
+mutants `make mutation` finds in the module. The schedule test drives `Iterative.run` with a
 recording job: the order of the steps is the property under test, not any trained number.
 """
 
@@ -20,18 +20,22 @@ from prune_lab.errors import UserError
 from prune_lab.masks import Mask
 from prune_lab.pruners.iterative import (
     SNAPSHOT,
-    IterativeMagnitude,
+    Iterative,
     check_rate,
     final_round,
     layer_sparsity,
     parse_rewind,
     shuffled,
 )
+from prune_lab.pruners.scores import Magnitude, ScoreInputs
+from prune_lab.pruners.selection import Units, Unstructured
 from prune_lab.training import cross_entropy
 
+DATA = SimpleNamespace(train=SimpleNamespace(x=torch.zeros(2, 3)))  # what check reads of the data: tensor inputs
 
-def imp(**kwargs) -> IterativeMagnitude:
-    return IterativeMagnitude(**{"sparsity": 0.5, "epochs": 2, **kwargs})
+
+def imp(**kwargs) -> Iterative:
+    return Iterative(**{"sparsity": 0.5, "epochs": 2, **kwargs})
 
 
 def test_layer_sparsity_is_the_compound_law_by_hand():
@@ -93,9 +97,10 @@ def test_shuffled_keeps_each_layers_count_and_shape_and_follows_the_generator():
 
 
 def test_defaults_are_the_lottery_ticket_papers():
-    p = IterativeMagnitude(sparsity=0.5, epochs=2)
-    assert (p.rate, p.layer_rates, p.scope, p.rewind, p.reinit, p.controls) == (0.2, {}, "layerwise", "init",
-                                                                               "original", [])
+    p = Iterative(sparsity=0.5, epochs=2)
+    assert (p.rate, p.layer_rates, p.select, p.rewind, p.reinit, p.controls) == (
+        0.2, {}, Unstructured("layerwise"), "init", "original", [])
+    assert p.score == Magnitude()
     assert p.rewind_at == ("step", 0) and p.target == 0.5 and not p.distill.active
     assert isinstance(p.sparsity, float) and isinstance(p.rate, float)
 
@@ -105,9 +110,10 @@ def test_defaults_are_the_lottery_ticket_papers():
     ({"rate": 0}, r"^pruner.rate=0 never prunes; use a fraction in \(0, 1\), e.g. pruner.rate=0.2$"),
     ({"rate": 1.5}, r"^pruner.rate=1.5 must be a fraction"),
     ({"layer_rates": {"a*": 1.0}}, r"^pruner.layer_rates.a\*=1.0 must be a fraction"),
-    ({"scope": "local"}, r"^pruner scope='local'"),
-    ({"scope": "global", "layer_rates": {"a": 0.3}},
-     r"^pruner.layer_rates needs pruner.scope=layerwise \(global has no layer rates\)$"),
+    ({"select": Unstructured("global"), "layer_rates": {"a": 0.3}},
+     r"^pruner.layer_rates needs pruner.select.scope=layerwise \(unstructured; global and unit selection have no "
+     r"layer rates\)$"),
+    ({"select": Units(), "layer_rates": {"a": 0.3}}, r"^pruner.layer_rates needs pruner.select.scope=layerwise"),
     ({"reinit": "random"}, "^" + re.escape(
         "pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains the ticket's mask "
         "from a fresh init (pruner.controls=[randomly_reinitialize]); for a fresh draw before each round's "
@@ -135,7 +141,7 @@ def test_good_settings_are_kept():
     assert p.rewind_at == ("epoch", 1)
     assert imp(reinit="keep").reinit == "keep" and imp(reinit="redraw_each_round", rewind="init").rewind_at[1] == 0
     assert imp(controls=None).controls == []
-    assert imp(scope="global").scope == "global"
+    assert imp(select=Unstructured("global")).select.scope == "global"
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -151,7 +157,7 @@ def test_rates_for_takes_the_first_matching_pattern_and_refuses_one_that_matches
 
 
 def test_a_zero_target_plans_no_round():
-    assert IterativeMagnitude(sparsity=0.0, epochs=1).plan({"a": 10}) == []
+    assert Iterative(sparsity=0.0, epochs=1).plan({"a": 10}) == []
 
 
 def test_full_rounds_then_the_exact_target():
@@ -210,14 +216,14 @@ def test_layers_with_rate_zero_cap_what_can_be_reached():
     with pytest.raises(UserError, match=r"^sparsity=0.5 cannot be reached: layers with rate 0 hold 50.0% "):
         p.plan({"a": 50, "b": 50})
     with pytest.raises(UserError, match="cannot be reached"):
-        p.check({"a": (5, 10), "b": (50,)})
+        p.check({"a": (5, 10), "b": (50,)}, DATA)
     plan = imp(sparsity=0.45, layer_rates={"b": 0}).plan({"a": 50, "b": 50})
     assert plan[-1][0] == 0.45 and all(per["b"] == 0 for _, per in plan)
     assert plan[-1][1]["a"] == pytest.approx(0.9)
 
 
 def test_check_plans_from_shapes():
-    imp(sparsity=0.9).check({"a": (3, 4), "b": (5,)})  # reachable: no error
+    imp(sparsity=0.9).check({"a": (3, 4), "b": (5,)}, DATA)  # reachable: no error
 
 
 # --- one round's pruning ------------------------------------------------------------------------
@@ -226,18 +232,18 @@ def test_check_plans_from_shapes():
 def test_prune_takes_each_layer_to_its_own_target_or_one_global_threshold():
     w = {"a": torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0]), "b": torch.tensor([0.5, 6.0, -7.0, 8.0, 9.0])}
     full = Mask({n: torch.ones(5, dtype=torch.bool) for n in w})
-    job = SimpleNamespace(weights=lambda: w, mask=full)
-    layer = imp().prune(job, 0.3, {"a": 0.4, "b": 0.2})
+    job = SimpleNamespace(score_inputs=lambda *purpose: ScoreInputs(None, job.mask, params=w), mask=full)
+    layer = imp().prune(job, 1, 0.3, {"a": 0.4, "b": 0.2})
     assert torch.equal(layer.tensors["a"], torch.tensor([False, False, True, True, True]))
     assert torch.equal(layer.tensors["b"], torch.tensor([False, True, True, True, True]))
-    glob = imp(scope="global").prune(job, 0.3, {"a": 0.4, "b": 0.2})  # 3 lowest of all: 0.5, 1, 2
+    glob = imp(select=Unstructured("global")).prune(job, 1, 0.3, {"a": 0.4, "b": 0.2})  # 3 lowest of all: 0.5, 1, 2
     assert torch.equal(glob.tensors["a"], torch.tensor([False, False, True, True, True]))
     assert torch.equal(glob.tensors["b"], torch.tensor([False, True, True, True, True]))
-    glob = imp(scope="global").prune(job, 0.5, {"a": 0.0, "b": 0.0})  # 5 lowest: 0.5, 1, 2, 3, 4
+    glob = imp(select=Unstructured("global")).prune(job, 1, 0.5, {"a": 0.0, "b": 0.0})  # 5 lowest: 0.5, 1, 2, 3, 4
     assert int(glob.tensors["a"].sum()) == 1 and int(glob.tensors["b"].sum()) == 4
     # Already pruned weights stay pruned and count.
     job.mask = Mask({"a": torch.tensor([True, True, True, True, False]), "b": full.tensors["b"]})
-    again = imp().prune(job, 0.3, {"a": 0.4, "b": 0.0})
+    again = imp().prune(job, 2, 0.3, {"a": 0.4, "b": 0.0})
     assert torch.equal(again.tensors["a"], torch.tensor([False, True, True, True, False]))
 
 
@@ -265,10 +271,10 @@ def test_rewind_step_counts_optimizer_steps():
 
 def test_the_snapshot_is_taken_after_exactly_the_rewind_step():
     job = rewind_job()
-    assert IterativeMagnitude.snapshot_at(job, 0) is None
-    hook = IterativeMagnitude.snapshot_at(job, 3)
+    assert Iterative.snapshot_at(job, 0) is None
+    hook = Iterative.snapshot_at(job, 3)
     for done in range(1, 7):
-        assert hook(done, 6, None) is None
+        assert hook.after_step(done, 6, None, None) is None
         assert job.saved == ([] if done < 3 else [SNAPSHOT])
     assert SNAPSHOT == "rewind-point"
 
@@ -277,7 +283,7 @@ def test_the_snapshot_is_taken_after_exactly_the_rewind_step():
 
 
 class RecordingJob:
-    """Records the calls IterativeMagnitude.run makes: the order of a round's steps is what is tested."""
+    """Records the calls Iterative.run makes: the order of a round's steps is what is tested."""
 
     def __init__(self, sizes: dict[str, int]):
         torch.manual_seed(0)
@@ -289,6 +295,7 @@ class RecordingJob:
         self.initial_state = "initial"
         self.data = SimpleNamespace(train=range(8))
         self.settings = SimpleNamespace(batch_size=4)  # 2 steps per epoch
+        self.prunable = list(sizes)
 
     def weights(self):
         return {n: w * self.mask.tensors[n] for n, w in self.w.items()}
@@ -299,7 +306,7 @@ class RecordingJob:
         total = epochs * 2
         for step in range(1, total + 1):
             if on_step is not None:
-                on_step(step, total, self.model)
+                on_step.after_step(step, total, self.model, self.mask)
 
     def evaluate(self, name, target, **extra):
         self.calls.append(("evaluate", name, target, extra))
@@ -326,6 +333,9 @@ class RecordingJob:
 
     def generator(self, *purpose):
         self.calls.append(("generator", *purpose))
+
+    def score_inputs(self, *purpose, mask=None):
+        return ScoreInputs(None, self.mask if mask is None else mask, params=self.weights())
         return torch.Generator().manual_seed(7)
 
     @contextlib.contextmanager
@@ -355,7 +365,7 @@ def test_a_round_prunes_scores_the_pruned_network_rewinds_retrains_and_evaluates
 
 def test_late_rewinding_snapshots_and_rewinds_to_the_snapshot_and_global_records_no_layer_targets():
     job = RecordingJob({"a": 100})
-    imp(sparsity=0.2, epochs=2, rewind="epoch:1", scope="global").run(job)
+    imp(sparsity=0.2, epochs=2, rewind="epoch:1", select=Unstructured("global")).run(job)
     assert job.calls[0] == ("train", "dense", 2, True)  # the snapshot hook is passed, and fires after step 2
     assert job.calls[1] == ("save_snapshot", SNAPSHOT)
     assert ("load_snapshot", SNAPSHOT) in job.calls and ("rewind", "snapshot") in job.calls

@@ -217,7 +217,7 @@ def test_checkpoints_are_saved_between_epochs_and_resume_to_the_uninterrupted_re
     assert [s["epoch"] for s in saved] == [1, 2], "after every epoch but the last"
     assert [len(s["history"]) for s in saved] == [1, 2]
     checkpoint = saved[0]
-    assert set(checkpoint) == {"model", "optimizer", "scheduler", "mask", "epoch", "history"}
+    assert set(checkpoint) == {"model", "optimizer", "scheduler", "mask", "epoch", "history", "hook"}
     resumed_model = net()
     steps = []
     resumed = train(resumed_model, Mask.ones(resumed_model, []), data, settings(), 3, seed=7, phase="r",

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from prune_lab.api import prepare
 from prune_lab.config import compose_run
 from prune_lab.data.splits import DataInfo, Splits, TensorSet
 from prune_lab.errors import UserError
@@ -138,13 +139,8 @@ def test_late_rewinding_restarts_the_schedule_at_step_k():
 
 def test_imp_rounds_with_late_rewinding_train_from_step_k(tmp_path: Path):
     """Every round retrains the steps k..end of the dense schedule: fewer steps, the schedule's rate at k."""
-    from prune_lab.__main__ import build_job
-
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["pruner=imp", "sparsity=0.36", "train.epochs=3", "pruner.rewind=step:5",
-                                           "train/schedule=linear", "cache_dir=null"])
-    spec = compose_run(cfg, {})
-    job = build_job(spec, tmp_path)
+    spec, job = prepare("pruner=imp", "sparsity=0.36", "train.epochs=3", "pruner.rewind=step:5",
+                        "train/schedule=linear", "cache_dir=null", run_dir=tmp_path)
     spec.pruner.run(job)
     steps = {r["phase"]: r["step"] for r in job.history}  # the last step of each phase
     assert steps["dense"] == steps["round-1"] == steps["round-2"]  # rounds end where dense training ended

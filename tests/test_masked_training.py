@@ -11,7 +11,8 @@ from prune_lab.data.penguins import Penguins
 from prune_lab.data.splits import Splits
 from prune_lab.masks import Mask, PrunableSelection
 from prune_lab.models.mlp import MLP
-from prune_lab.pruners.criteria import Magnitude
+from prune_lab.pruners.scores import Magnitude
+from prune_lab.pruners.selection import Unstructured, select_mask
 from prune_lab.training import TrainSettings, train
 
 OPTIMIZERS = {
@@ -39,7 +40,7 @@ def test_weights_pruned_mid_training_stay_exactly_zero(penguins: Splits, optimiz
         if step != 10:
             return None
         params = dict(m.named_parameters())
-        chosen["mask"] = Magnitude().compute_mask({n: params[n].detach() for n in names},
+        chosen["mask"] = select_mask(Magnitude(), Unstructured(), {n: params[n].detach() for n in names},
                                                   Mask.ones(m, names), 0.7)
         return chosen["mask"]
 
@@ -57,8 +58,8 @@ def test_masks_add_no_hooks(penguins: Splits):
     model = MLP(penguins.info, hidden=[8])
     names = PrunableSelection().names(model)
     settings = TrainSettings(optimizer=OPTIMIZERS["adam"], lr=0.01)
-    mask = Magnitude().compute_mask(dict((n, p.detach()) for n, p in model.named_parameters() if n in names),
-                                    Mask.ones(model, names), 0.5)
+    weights = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    mask = select_mask(Magnitude(), Unstructured(), weights, Mask.ones(model, names), 0.5)
     train(model, mask, penguins, settings, epochs=1, seed=0, phase="t")
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks

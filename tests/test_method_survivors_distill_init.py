@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import job_from_config
 from hydra import compose, initialize_config_dir
-from test_pruner_schedules import job_from_config
 from torch import nn
 
 from prune_lab.config import compose_run
@@ -19,8 +19,9 @@ from prune_lab.data.splits import DataInfo
 from prune_lab.distillation import Distillation, distillation_loss
 from prune_lab.job import copy_state
 from prune_lab.masks import Mask
-from prune_lab.pruners.criteria import Magnitude, Random
 from prune_lab.pruners.iterative import SNAPSHOT
+from prune_lab.pruners.scores import Magnitude, Random
+from prune_lab.pruners.selection import Unstructured, select_mask
 from prune_lab.pruners.survivors import apply_fate
 from prune_lab.sparsity_aware_init import SparsityAware
 from prune_lab.training import cross_entropy
@@ -43,7 +44,7 @@ def scheme_variance(init: str, weight: torch.Tensor) -> float:
 @pytest.mark.parametrize("init", list(SCHEME_VARIANCE))
 def test_random_reinit_draws_new_values_from_the_same_distribution(tmp_path: Path, init: str):
     job = job_from_config(tmp_path, f"init={init}", "model.hidden=[256,256]")
-    job.set_mask(Magnitude().compute_mask(job.weights(), job.mask, 0.5))
+    job.set_mask(select_mask(Magnitude(), Unstructured(), job.weights(), job.mask, 0.5))
     original = {n: w.clone() for n, w in job.weights().items()}
     apply_fate(job, "random", "round", 1)
     for name, w in job.weights().items():
@@ -127,15 +128,15 @@ def preactivation_variance(weight: torch.Tensor, g: torch.Generator, units: torc
 
 @pytest.mark.parametrize(("model", "shape"), [("lenet_300_100", (1, 28, 28)), ("lenet5", (1, 28, 28))])
 @pytest.mark.parametrize("base", ["kaiming_normal", "xavier_uniform"])
-@pytest.mark.parametrize("criterion", [Random(), Magnitude()], ids=["random-mask", "magnitude-mask"])
-def test_sparsity_aware_init_keeps_each_layers_preactivation_variance_at_90_percent(model, shape, base, criterion):
+@pytest.mark.parametrize("score", [Random(), Magnitude()], ids=["random-mask", "magnitude-mask"])
+def test_sparsity_aware_init_keeps_each_layers_preactivation_variance_at_90_percent(model, shape, base, score):
     spec = built_init(f"model={model}", f"init@init.base={base}")
     net = spec.model(DataInfo("x", shape, 10))
     spec.init(net, torch.Generator().manual_seed(0))
     names = spec.prunable.names(net)
     params = dict(net.named_parameters())
     dense = {n: params[n].detach().clone() for n in names}
-    mask = criterion.compute_mask(dense, Mask.ones(net, names), 0.9, torch.Generator().manual_seed(1))
+    mask = select_mask(score, Unstructured(), dense, Mask.ones(net, names), 0.9, torch.Generator().manual_seed(1))
     spec.init.fit_to_mask(net, mask)  # as Job.rewind / Job.reinitialize call it: dense values, then the mask
     mask.apply_(net)
     for n in names:
@@ -150,7 +151,7 @@ def test_sparsity_aware_init_keeps_each_layers_preactivation_variance_at_90_perc
         if w.numel() >= 10_000:  # and that is what the scheme intends, fan_in * sigma^2, within sampling error
             intended = nn.init._calculate_fan_in_and_fan_out(w)[0] * scheme_variance(base, w)
             assert abs(got / intended - 1) < 0.10, f"{n}: {got:.4g} vs fan_in * sigma^2 = {intended:.4g}"
-        if isinstance(criterion, Random):  # the test has teeth: unscaled, about a tenth of it is left
+        if isinstance(score, Random):  # the test has teeth: unscaled, about a tenth of it is left
             plain = dense[n] * mask.tensors[n]
             assert preactivation_variance(plain, torch.Generator().manual_seed(2), alive) / want < 0.25
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -44,14 +46,39 @@ def test_payoff_of_a_magnitude_pruned_lenet() -> None:
     assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())
 
 
-def test_payoff_of_a_unit_pruned_lenet_has_a_slim_model_and_latencies() -> None:
+def test_payoff_of_a_unit_pruned_lenet_has_a_slim_model_and_latencies_only_when_asked() -> None:
     torch.manual_seed(0)
     model = MLP(MNIST, [300, 100])
     with torch.no_grad():
         model.net[1].weight[:150] = 0
         model.net[3].weight[:50] = 0
-    record = measure_payoff(model, torch.randn(1, 1, 28, 28))
+    cheap = measure_payoff(model, torch.randn(1, 1, 28, 28))  # the default: no export, no timing
+    assert "slim_params" not in cheap and not any("latency" in k for k in cheap) and cheap["flops_nonzero"] > 0
+    slim = measure_payoff(model, torch.randn(1, 1, 28, 28), "slim")
+    assert slim["slim_params"] == 150 * 785 + 50 * 151 + 10 * 51 and not any("latency" in k for k in slim)
+    record = measure_payoff(model, torch.randn(1, 1, 28, 28), "latency")
     assert record["slim_params"] == 150 * 785 + 50 * 151 + 10 * 51
     assert record["slim_flops"] == 2 * (150 * 784 + 50 * 150 + 10 * 50)
     for key in ("latency_b1_ms", "slim_latency_b1_ms", "latency_b256_ms", "slim_latency_b256_ms"):
         assert record[key] > 0
+
+
+def test_latency_is_measured_only_when_asked_and_later_from_the_kept_tickets(tmp_path: Path) -> None:
+    from prune_lab.api import run
+    from prune_lab.measure import PAYOFF, measure_run
+
+    default = run("pruner=unit", "sparsity=0.5", "train.epochs=2", "keep_tickets=true", "cache_dir=null",
+                  run_dir=tmp_path / "default")
+    assert not any(k.startswith(("slim_", "latency")) for level in default.levels for k in level)
+    assert sorted(p.name for p in (default.path / "tickets").glob("*.pt")) == ["00-dense.pt", "01-pruned.pt"]
+    before = (default.path / "results.json").read_bytes()
+    record = measure_run(default.path)
+    assert [level["name"] for level in record["levels"]] == ["dense", "pruned"]
+    pruned = record["levels"][1]
+    assert pruned["slim_params"] < default.levels[1]["params_total"] and pruned["latency_b1_ms"] > 0
+    assert pruned["flops_nonzero"] == default.levels[1]["flops_nonzero"]  # the saved ticket is the level's network
+    assert "slim_params" not in record["levels"][0]  # the dense level has no dead unit
+    assert (default.path / "results.json").read_bytes() == before and (default.path / PAYOFF).exists()
+    asked = run("pruner=unit", "sparsity=0.5", "train.epochs=2", "measure=latency", "cache_dir=null",
+                run_dir=tmp_path / "asked")
+    assert asked.levels[1]["latency_b1_ms"] > 0 and asked.results["config_hash"] == default.results["config_hash"]

@@ -146,7 +146,7 @@ def test_reinit_comparison_and_init_robustness_sweep_what_the_studies_compared()
                                       "pruner.reinit=original"}
     assert {j[0] for j in reinit} == {"arm=reinit_mlp_mnist", "arm=reinit_lightcnn_faces"}
     spec = full("reinit_comparison", "arm=reinit_lightcnn_faces", "faces_dir=/faces")
-    assert (spec.pruner.rate, spec.pruner.scope) == (0.2, "layerwise")  # 20% per layer per round
+    assert (spec.pruner.rate, spec.pruner.select.scope) == (0.2, "layerwise")  # 20% per layer per round
     assert spec.config["dataset"]["grayscale"] is True and spec.config["dataset"]["root"] == "/faces"
     robust = sweep_jobs("experiment=init_robustness")
     assert {j[1].split("=")[1] for j in robust} == {"xavier_normal", "xavier_uniform", "kaiming_normal",

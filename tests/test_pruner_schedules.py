@@ -3,7 +3,6 @@ schedules, pruning at initialisation (SNIP, GraSP, SynFlow) and structured unit 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -11,47 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
-from hydra import compose, initialize_config_dir
+from conftest import job_from_config
 from torch import nn
 from torch.func import functional_call
 
-from prune_lab.__main__ import build_job
-from prune_lab.config import compose_run
 from prune_lab.data.splits import Splits, TensorSet
 from prune_lab.errors import UserError
-from prune_lab.job import Job, copy_state
+from prune_lab.job import copy_state
 from prune_lab.masks import Mask
 from prune_lab.pruners.at_init import AtInit
 from prune_lab.pruners.during_training import Cubic, Gradual
-from prune_lab.pruners.iterative import SNAPSHOT, IterativeMagnitude
-from prune_lab.pruners.saliency import GraSP
-from prune_lab.pruners.structured import Unit
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
-
-
-class RecordingJob(Job):
-    """A real Job that also keeps the weights and mask at the start and end of every phase."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.starts: dict[str, tuple[dict[str, torch.Tensor], Mask]] = {}
-        self.ends: dict[str, tuple[dict[str, torch.Tensor], Mask]] = {}
-
-    def train(self, phase, epochs, **kwargs):
-        self.starts[phase] = (copy_state(self.model), self.mask)
-        super().train(phase, epochs, **kwargs)
-        self.ends[phase] = (copy_state(self.model), self.mask)
-
-
-def job_from_config(folder: Path, *overrides: str) -> RecordingJob:
-    """The job `python -m prune_lab OVERRIDES` would drive (same config, data, model, init, store)."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    spec = compose_run(cfg, {})
-    job = build_job(dataclasses.replace(spec, cache_dir=None), folder, RecordingJob)
-    job.pruner = spec.pruner
-    return job
+from prune_lab.pruners.iterative import SNAPSHOT, Iterative
+from prune_lab.pruners.scores import GraSP, Magnitude, ScoreInputs
+from prune_lab.pruners.selection import Units, select_mask
 
 
 def zeros_where_pruned(state: dict[str, torch.Tensor], mask: Mask) -> bool:
@@ -118,7 +89,7 @@ def test_imp_sparsity_after_round_r_per_layer_within_one_weight(tmp_path: Path):
 
 
 def test_imp_with_global_scope_uses_one_threshold(tmp_path: Path):
-    job = job_from_config(tmp_path, "pruner=imp", "sparsity=0.36", "train.epochs=1", "pruner.scope=global")
+    job = job_from_config(tmp_path, "pruner=imp", "sparsity=0.36", "train.epochs=1", "pruner.select.scope=global")
     job.pruner.run(job)
     assert [round(lv.target_sparsity, 4) for lv in job.levels] == [0.0, 0.2, 0.36]
     for lv in job.levels[1:]:
@@ -126,7 +97,7 @@ def test_imp_with_global_scope_uses_one_threshold(tmp_path: Path):
 
 
 def test_imp_plan_stops_exactly_at_the_target():
-    imp = IterativeMagnitude(sparsity=0.9, epochs=1)
+    imp = Iterative(sparsity=0.9, epochs=1)
     plan = imp.plan({"a": 1000, "b": 10})
     assert len(plan) == math.ceil(math.log(0.1) / math.log(0.8))
     assert plan[-1][0] == 0.9 and all(math.isclose(p, 0.9) for p in plan[-1][1].values())
@@ -137,13 +108,13 @@ def test_imp_plan_stops_exactly_at_the_target():
 def test_imp_rounds_match_torch_iterative_l1_unstructured_on_the_same_weights(tmp_path: Path):
     # torch's PruningContainer prunes `amount` of the *remaining* weights each call: IMP's rate.
     job = job_from_config(tmp_path, "pruner=imp", "sparsity=0.8", "model.hidden=[40]")
-    imp: IterativeMagnitude = job.pruner
+    imp: Iterative = job.pruner
     reference = {n: nn.Linear(*reversed(w.shape), bias=False) for n, w in job.weights().items()}
     for n, module in reference.items():
         module.weight.data.copy_(job.weights()[n])
     equal_counts = 0
-    for overall, per_layer in imp.plan({n: w.numel() for n, w in job.weights().items()})[:5]:
-        job.set_mask(imp.prune(job, overall, per_layer))
+    for r, (overall, per_layer) in enumerate(imp.plan({n: w.numel() for n, w in job.weights().items()})[:5], 1):
+        job.set_mask(imp.prune(job, r, overall, per_layer))
         job.rewind(job.initial_state)  # same weights every round: only the masks differ
         for n, module in reference.items():
             torch_prune.l1_unstructured(module, "weight", amount=0.2)
@@ -157,7 +128,7 @@ def test_imp_rounds_match_torch_iterative_l1_unstructured_on_the_same_weights(tm
 
 # --- gradual and cubic (AGP) schedules ------------------------------------------------------------------
 def test_cubic_schedule_is_monotone_and_reaches_the_final_sparsity_at_its_end():
-    cubic = Cubic(criterion=None, epochs=1, sparsity=0.9, initial_sparsity=0.1, start=0.2, end=0.8, every=7)
+    cubic = Cubic(score=None, select=None, epochs=1, sparsity=0.9, initial_sparsity=0.1, start=0.2, end=0.8, every=7)
     total = 1000
     curve = [cubic.sparsity_at(s, total) for s in range(total + 1)]
     assert all(a <= b for a, b in zip(curve, curve[1:])), "not monotone"
@@ -182,7 +153,7 @@ def test_agp_run_ends_at_the_final_sparsity_in_every_layer(tmp_path: Path):
 
 
 def test_gradual_prunes_the_same_share_of_the_remaining_weights_at_each_event(tmp_path: Path):
-    gradual = Gradual(criterion=None, epochs=1, sparsity=1 - 0.83**2)  # the study's 17% at 1/3 and at 2/3
+    gradual = Gradual(score=None, select=None, epochs=1, sparsity=1 - 0.83**2)  # the study's 17% at 1/3 and at 2/3
     assert gradual.schedule(300) == [(100, pytest.approx(0.17)), (200, pytest.approx(1 - 0.83**2))]
     job = job_from_config(tmp_path, "pruner=gradual", "sparsity=0.3111", "train.epochs=6")
     job.pruner.run(job)
@@ -207,7 +178,8 @@ def test_gradual_honours_sparsity(tmp_path: Path, sparsity: float):
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
 def test_pruning_at_init_reaches_the_target_before_any_training_step(tmp_path: Path, method: str, scope: str):
-    job = job_from_config(tmp_path, f"pruner={method}", "sparsity=0.8", "train.epochs=1", f"pruner.scope={scope}")
+    job = job_from_config(tmp_path, f"pruner={method}", "sparsity=0.8", "train.epochs=1",
+                          f"pruner.select.scope={scope}")
     job.pruner.run(job)
     assert list(job.starts) == ["sparse"], "pruned before the first (and only) training phase"
     start, mask = job.starts["sparse"]
@@ -223,15 +195,14 @@ def test_pruning_at_init_reaches_the_target_before_any_training_step(tmp_path: P
 
 
 def test_scores_spanning_many_orders_of_magnitude_keep_their_order():
-    from prune_lab.pruners.at_init import rankable
-    from prune_lab.pruners.criteria import prune_lowest
+    from prune_lab.pruners.selection import prune_lowest
 
     g = torch.Generator().manual_seed(0)
     # 1e-100 .. 1: the cut (near 1e-60) lies far below float32's smallest number, as SynFlow's can.
     scores = {"a": 10 ** (torch.rand(50, 4, generator=g, dtype=torch.float64) * 100 - 100),
               "b": 10 ** (torch.rand(30, generator=g, dtype=torch.float64) * 100 - 100)}
     mask = Mask({n: torch.ones_like(v, dtype=torch.bool) for n, v in scores.items()})
-    ours = prune_lowest(rankable(scores), mask, 0.4, "global")
+    ours = prune_lowest(scores, mask, 0.4, "global")  # float64 scores are ranked before the float32 cut
     flat = torch.cat([v.reshape(-1) for v in scores.values()])
     threshold = flat.sort().values[round(0.4 * flat.numel()) - 1]
     for n, v in scores.items():
@@ -260,7 +231,7 @@ def test_grasp_scores_are_weights_times_hessian_gradient_product(tmp_path: Path)
     job = job_from_config(tmp_path, "pruner=grasp")
     model, data, names = job.model, job.data, job.prunable
     grasp = GraSP(batches=1, batch_size=len(data.train))  # one batch: the whole training set
-    scores = grasp.scores(model, job.mask, data, torch.Generator().manual_seed(0))
+    scores = grasp.weights(ScoreInputs(model, job.mask, data, torch.Generator().manual_seed(0)))
     params = dict(model.named_parameters())
     w0 = tuple(params[n].detach() for n in names)
 
@@ -294,7 +265,7 @@ def weights_and_mask(m: nn.Module) -> tuple[dict[str, torch.Tensor], Mask]:
 def test_unit_pruning_zeroes_whole_rows_or_filters_and_nothing_else(scope: str, sparsity: float):
     m = structured_model()
     weights, full = weights_and_mask(m)
-    mask = Unit(scope).compute_mask(weights, full, sparsity)
+    mask = select_mask(Magnitude(), Units(scope), weights, full, sparsity)
     for name, keep in mask.tensors.items():
         per_unit = keep.reshape(keep.shape[0], -1)
         assert bool((per_unit.all(1) | ~per_unit.any(1)).all()), f"{name}: a unit is partly pruned"
@@ -316,7 +287,7 @@ def test_unit_pruning_zeroes_whole_rows_or_filters_and_nothing_else(scope: str, 
 def test_layerwise_unit_pruning_matches_torch_ln_structured(sparsity: float):
     m = structured_model()
     weights, full = weights_and_mask(m)
-    ours = Unit("layerwise", skip_output=False).compute_mask(weights, full, sparsity)
+    ours = select_mask(Magnitude(), Units("layerwise", skip_output=False), weights, full, sparsity)
     for name, w in weights.items():
         theirs = torch_prune.LnStructured(sparsity, n=2, dim=0).compute_mask(w, torch.ones_like(w))
         assert torch.equal(ours.tensors[name], theirs.bool()), name
@@ -325,8 +296,8 @@ def test_layerwise_unit_pruning_matches_torch_ln_structured(sparsity: float):
 def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
     m = structured_model()
     weights, full = weights_and_mask(m)
-    first = Unit("layerwise").compute_mask(weights, full, 0.25)
-    second = Unit("layerwise").compute_mask(weights, first, 0.5)
+    first = select_mask(Magnitude(), Units("layerwise"), weights, full, 0.25)
+    second = select_mask(Magnitude(), Units("layerwise"), weights, first, 0.5)
     share = 0.5 * sum(w.numel() for w in weights.values()) / sum(
         w.numel() for n, w in weights.items() if n != "6.weight")
     for name, keep in second.tensors.items():
@@ -342,7 +313,8 @@ def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
     (("pruner=imp", "pruner.rewind=epoch:5", "train.epochs=2"), "past the end of dense training"),
     (("pruner=imp", "pruner.rate=1.2"), "pruner.rate"),
     (("pruner=imp", "pruner.layer_rates={nope.weight:0.1}"), "matches no prunable weight"),
-    (("pruner=imp", "pruner.layer_rates={net.1.weight:0.1}", "pruner.scope=global"), "pruner.scope=layerwise"),
+    (("pruner=imp", "pruner.layer_rates={net.1.weight:0.1}", "pruner.select.scope=global"),
+     "pruner.select.scope=layerwise"),
     (("pruner=imp", "pruner.layer_rates={net.*:0.0}"), "cannot be reached"),
     (("pruner=imp", "pruner.reinit=keep", "pruner.rewind=step:2"), "pruner.reinit=original"),
     (("pruner=imp", "pruner.reinit=random"), "randomly_reinitialize"),
@@ -354,8 +326,8 @@ def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
     (("pruner=gradual", "pruner.events=[0.5,1.5]"), "pruner.events"),
     (("pruner=magnitude", "pruner.distill.alpha=2"), "pruner.distill.alpha"),
     (("pruner=synflow", "pruner.rounds=0"), "pruner.rounds"),
-    (("pruner=snip", "pruner.saliency.batches=0"), "pruner.saliency.batches"),
-    (("pruner=unit", "pruner.criterion.scope=per_layer"), "scope"),
+    (("pruner=snip", "pruner.score.batches=0"), "pruner.score.batches"),
+    (("pruner=unit", "pruner.select.scope=per_layer"), "scope"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(v))
 def test_bad_pruner_settings_say_what_to_fix_before_any_training(tmp_path: Path, overrides, fix: str):
     job = None
@@ -379,7 +351,7 @@ class InterruptedGradual(Gradual):
 
 def test_gradual_pruning_resumed_mid_phase_ends_where_an_uninterrupted_run_does(tmp_path: Path):
     # Random scores ignore the weights: only the right mask in force keeps pruned weights pruned on resume.
-    settings = ("pruner=gradual", "pruner.criterion._target_=prune_lab.pruners.criteria.Random", "train.epochs=6",
+    settings = ("pruner=gradual", "pruner/score=random", "train.epochs=6",
                 "train.checkpoint_every_s=0")
     whole = job_from_config(tmp_path / "whole", *settings)
     whole.pruner.run(whole)
@@ -389,7 +361,7 @@ def test_gradual_pruning_resumed_mid_phase_ends_where_an_uninterrupted_run_does(
     assert (stop // steps) * steps >= first, "the checkpoint before the crash must already hold event 1's mask"
 
     crashed = job_from_config(tmp_path / "resumed", *settings)
-    pruner = InterruptedGradual(criterion=crashed.pruner.criterion, epochs=6)
+    pruner = InterruptedGradual(score=crashed.pruner.score, select=crashed.pruner.select, epochs=6)
     pruner.stop_at = stop
     with pytest.raises(KeyboardInterrupt):
         pruner.run(crashed)
@@ -405,6 +377,6 @@ def test_synflow_refuses_index_samples_before_training(tmp_path: Path):
     job = job_from_config(tmp_path, "pruner=synflow", "pruner.distill.alpha=0.5")
     as_indices = TensorSet(torch.arange(len(job.data.train)), job.data.train.y)  # like a graph's node ids
     job.data = Splits(job.data.info, as_indices, job.data.val, job.data.test)
-    with pytest.raises(UserError, match="use pruner=snip"):
-        job.pruner.run(job)
+    with pytest.raises(UserError, match="use pruner/score=snip or grasp"):
+        job.pruner.check({n: tuple(w.shape) for n, w in job.weights().items()}, job.data)
     assert not job.starts, "refused before training, the distillation teacher included"

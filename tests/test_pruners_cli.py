@@ -67,11 +67,19 @@ def test_every_pruner_runs_end_to_end_on_penguins(tmp_path: Path, pruner: str):
         assert [lv["round"] for lv in levels] == [0, 1, 2, 3]
 
 
-def test_readme_lists_every_pruner_with_its_source():
+def readme_table(header: str) -> dict[str, str]:
+    """{option: row} of the README table (in the pruners section) whose header row starts with `header`."""
     section = README.read_text().split("<!-- BEGIN pruners -->")[1].split("<!-- END pruners -->")[0]
-    rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines()
-            if line.startswith("| `") and not line.startswith("| `pruner=`")}
-    assert set(rows) == set(PRUNERS), "README's pruner table and conf/pruner/ disagree"
+    table = section.split(header, 1)[1].split("\n\n", 1)[0]
+    return {line.split("|")[1].strip().strip("`"): line for line in table.splitlines()[2:] if line.startswith("| `")}
+
+
+@pytest.mark.parametrize(("header", "folder"), [("| `pruner=` (schedule)", "pruner"),
+                                                ("| `pruner/score=`", "pruner/score")])
+def test_readme_lists_every_schedule_and_score_with_its_source(header: str, folder: str):
+    rows = readme_table(header)
+    options = sorted(p.stem for p in (CONF / folder).glob("*.yaml"))
+    assert set(rows) == set(options), f"README's {folder} table and conf/{folder}/ disagree"
     for name, row in rows.items():
         assert name == "none" or any(ch.isdigit() for ch in row), f"{name}: no source paper (author year)"
 

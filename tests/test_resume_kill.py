@@ -3,56 +3,13 @@ uninterrupted run ends (levels, final weights, metrics), and nothing half-writte
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
-from conftest import ROOT, read_json
+from conftest import EPOCHS, computed, finish, metrics, read_json, start, wait_for_any
 
 from prune_lab.results import read_results
-
-# Penguins, a batch of 16 (14 steps an epoch) so most of the time is spent inside epochs; a checkpoint
-# at every epoch end. One thread: the reference and the killed run must compute the same way.
-EPOCHS = 20
-ARGS = ["device=cpu", "seed=7", "sparsity=0.5", f"train.epochs={EPOCHS}", f"train.finetune_epochs={EPOCHS}",
-        "train.batch_size=16", "train.checkpoint_every_s=0"]
-
-
-def start(run_dir: Path, cache: Path, *overrides: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PRUNE_LAB_CACHE_DIR": str(cache)}
-    return subprocess.Popen([sys.executable, "-m", "prune_lab", f"hydra.run.dir={run_dir}", *ARGS, *overrides],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-def wait_for_any(folder: Path, pattern: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    """Until a file matching `pattern` is in `folder` (polled every 10 ms; the run must still be going)."""
-    deadline = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
-        assert proc.poll() is None, f"the run ended before {folder / pattern} appeared:\n{proc.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{folder / pattern} did not appear within {timeout}s"
-        time.sleep(0.01)
-
-
-def computed(levels: list[dict]) -> list[dict]:
-    """A run's levels without what is timed (latency_*_ms): everything computed must match bit for bit."""
-    return [{k: v for k, v in level.items() if not k.endswith(("_ms", "_s"))} for level in levels]
-
-
-def metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """metrics.jsonl as (epoch records, level records without timings)."""
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in records if "epoch" in r], computed([r for r in records if "epoch" not in r])
 
 
 def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Every pruner survives kill -9: killed mid-training at a checkpoint and rerun, it ends exactly where an
-uninterrupted run ends. Slow (three runs per pruner); the penguin case with fine-grained checks is in
+"""Every pruner, and every schedule with a score that accumulates over training (movement), survives kill -9:
+killed mid-training at a checkpoint (the first one: inside the phase the score observes) and rerun, it ends
+exactly where an uninterrupted run ends. Slow (three runs per pruner); the penguin case with fine-grained checks is in
 test_resume_kill.py."""
 
 from __future__ import annotations
@@ -9,17 +10,33 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_json
-from test_resume_kill import computed, finish, start, wait_for_any
+import yaml
+from conftest import ROOT, computed, finish, read_json, start, wait_for_any
+from hydra.utils import instantiate
 
-PRUNERS = sorted(p.stem for p in (ROOT / "conf" / "pruner").glob("*.yaml"))
+PRUNER_CONF = ROOT / "conf" / "pruner"
+PRUNERS = sorted(p.stem for p in PRUNER_CONF.glob("*.yaml"))
+AT_INIT = "prune_lab.pruners.at_init.AtInit"
+
+
+def stateful_pairs() -> list[tuple[str, str]]:
+    """Every (schedule, score) pair whose score accumulates over training (movement): its state must survive."""
+    scores = [p.stem for p in (PRUNER_CONF / "score").glob("*.yaml")
+              if instantiate(yaml.safe_load(p.read_text())).needs_training]
+    schedules = [n for n in PRUNERS if n != "none"
+                 and yaml.safe_load((PRUNER_CONF / f"{n}.yaml").read_text())["_target_"] != AT_INIT]
+    return [(schedule, score) for schedule in schedules for score in sorted(scores)]
+
+
+CASES = [(pruner,) for pruner in PRUNERS] + [(f"{a}", f"pruner/score={b}") for a, b in stateful_pairs()]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pruner", PRUNERS)
-def test_every_pruner_resumes_after_kill_9_to_the_uninterrupted_result(pruner: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", CASES, ids=["+".join(c) for c in CASES])
+def test_every_pruner_resumes_after_kill_9_to_the_uninterrupted_result(case: tuple[str, ...],
+                                                                       tmp_path: Path) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    args = [f"pruner={pruner}"]  # with test_resume_kill.ARGS: penguins, 20 + 20 epochs, a checkpoint each
+    args = [f"pruner={case[0]}", *case[1:]]  # with conftest.ARGS: penguins, 20 + 20 epochs, a checkpoint each
     ref_proc = start(reference, tmp_path / "cache_ref", *args)
     proc = start(killed, tmp_path / "cache_killed", *args)
     wait_for_any(killed / "checkpoints", "*.partial.pt", proc)

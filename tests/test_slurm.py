@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_json, results_below, run_cli
-from test_resume_kill import computed, metrics
+from conftest import ROOT, computed, metrics, read_json, results_below, run_cli
 
 pytestmark = pytest.mark.slurm
 

@@ -94,13 +94,13 @@ def test_idx_problem_checks_the_size_the_header_promises(tmp_path: Path) -> None
 
 def test_layer_collapse_is_refused_only_when_the_sizes_make_it_certain() -> None:
     sizes = {"net.0.weight": 144, "net.2.weight": 36}  # the penguin MLP: 180 prunable weights
-    magnitude = {"sparsity": 0.999, "criterion": {"_target_": "prune_lab.pruners.criteria.Magnitude",
-                                                  "scope": "global"}}
+    magnitude = {"sparsity": 0.999, "select": {"_target_": "prune_lab.pruners.selection.Unstructured",
+                                               "scope": "global"}}
     assert "fewer than the 2 prunable layers" in certain_collapse(sizes, magnitude)
-    layerwise = {"sparsity": 0.99, "criterion": {"_target_": "prune_lab.pruners.criteria.Magnitude",
-                                                 "scope": "layerwise"}}
+    layerwise = {"sparsity": 0.99, "select": {"_target_": "prune_lab.pruners.selection.Unstructured",
+                                              "scope": "layerwise"}}
     assert "net.2.weight" in certain_collapse(sizes, layerwise)  # round(0.99 * 36) = 36
-    assert certain_collapse(sizes, {**layerwise, "criterion": {**layerwise["criterion"], "scope": "global"}}) is None
+    assert certain_collapse(sizes, {**layerwise, "select": {**layerwise["select"], "scope": "global"}}) is None
     assert certain_collapse(sizes, {**layerwise, "sparsity": 0.9}) is None
     assert certain_collapse(sizes, {"rate": 0.2}) is None  # a schedule that does not end at a target sparsity
 

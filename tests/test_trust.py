@@ -9,7 +9,6 @@ accepted by accident, the Lottery Ticket controls, rounds that prune nothing, an
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 import os
@@ -18,19 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, read_json, results_below, run_cli
+from conftest import TINY, job_from_config, read_json, results_below, run_cli
 from hydra import compose, initialize_config_dir
 from torch import nn
 
 from prune_lab import bookkeeping
-from prune_lab.__main__ import build_job
 from prune_lab.config import compose_run, config_hash
 from prune_lab.data.splits import DataInfo, Splits, TensorSet
 from prune_lab.errors import UserError
-from prune_lab.job import Job, copy_state
+from prune_lab.job import copy_state
 from prune_lab.masks import Mask
-from prune_lab.pruners.criteria import prune_lowest
-from prune_lab.pruners.iterative import IterativeMagnitude, layer_sparsity
+from prune_lab.pruners.iterative import Iterative, layer_sparsity
+from prune_lab.pruners.selection import prune_lowest
 from prune_lab.training import TrainSettings, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,23 +45,7 @@ def spec_of(*overrides: str):
     return compose_run(composed(*overrides), {})
 
 
-class RecordingJob(Job):
-    """A real Job that also keeps the weights and mask at the start of every phase."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.starts: dict[str, tuple[dict[str, torch.Tensor], Mask]] = {}
-
-    def train(self, phase, epochs, **kwargs):
-        self.starts[phase] = (copy_state(self.model), self.mask)
-        super().train(phase, epochs, **kwargs)
-
-
-def job_of(folder: Path, *overrides: str) -> RecordingJob:
-    spec = spec_of(*overrides)
-    job = build_job(dataclasses.replace(spec, cache_dir=None), folder, RecordingJob)
-    job.pruner = spec.pruner
-    return job
+job_of = job_from_config  # the job `python -m prune_lab OVERRIDES` would drive (prune_lab.api.prepare)
 
 
 # --- 1. one target ---------------------------------------------------------------------------------------
@@ -298,14 +280,14 @@ def test_a_random_reinit_redraws_biases_too(tmp_path: Path):
 
 
 # --- 10. no round prunes (almost) nothing ------------------------------------------------------------
-def pruned_per_round(pruner: IterativeMagnitude, sizes: dict[str, int]) -> list[int]:
+def pruned_per_round(pruner: Iterative, sizes: dict[str, int]) -> list[int]:
     counts = [sum(round(per[n] * sizes[n]) for n in sizes) for _, per in pruner.plan(sizes)]
     return [b - a for a, b in zip([0, *counts[:-1]], counts)]
 
 
 @pytest.mark.parametrize("sparsity", [0.671333, 1 - 0.8**5, 0.5, 0.36, 0.9, 0.95])
 def test_no_round_prunes_fewer_weights_than_there_are_layers(sparsity: float):
-    pruner = IterativeMagnitude(sparsity=sparsity, epochs=1)
+    pruner = Iterative(sparsity=sparsity, epochs=1)
     assert min(pruned_per_round(pruner, PENGUIN_SIZES)) >= len(PENGUIN_SIZES)
     assert pruner.plan(PENGUIN_SIZES)[-1][0] == sparsity
 
@@ -313,7 +295,7 @@ def test_no_round_prunes_fewer_weights_than_there_are_layers(sparsity: float):
 def test_a_sliver_of_a_last_round_joins_the_round_before():
     """init_robustness at debug size once ran a third round that pruned 0.1% of LeNet's weights."""
     lenet = {"net.1.weight": 784 * 300, "net.3.weight": 300 * 100, "net.5.weight": 100 * 10}
-    pruner = IterativeMagnitude(sparsity=0.36, epochs=1, layer_rates={"net.5.weight": 0.1})
+    pruner = Iterative(sparsity=0.36, epochs=1, layer_rates={"net.5.weight": 0.1})
     plan = pruner.plan(lenet)
     assert len(plan) == 2 and plan[-1][0] == 0.36
     t = math.log(0.8 ** 2) / math.log(0.8)  # two full rounds of the 20% layers

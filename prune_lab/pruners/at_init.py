@@ -1,8 +1,9 @@
 """Pruning at initialisation: score the untrained network, prune to the target, then train it sparse.
 
-One round scores once (SNIP, GraSP). Several rounds (SynFlow's 100) follow an exponential schedule:
-after round k of R the sparsity is 1 - (1 - sparsity)^(k / R), each round scoring the network as
-masked so far. The target is reached before the first training step.
+Any score fits except those that accumulate over training. One round scores once (SNIP, GraSP). Several
+rounds (SynFlow's 100) follow an exponential schedule: after round k of R the sparsity is
+1 - (1 - sparsity)^(k / R), each round scoring the network as masked so far. The target is reached before
+the first training step.
 """
 
 from __future__ import annotations
@@ -10,31 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from prune_lab.data.splits import Splits
 from prune_lab.distillation import Distillation
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
-from prune_lab.pruners.base import Pruner, check_sparsity
-from prune_lab.pruners.criteria import _check_scope, prune_lowest
-from prune_lab.pruners.saliency import Saliency
-from prune_lab.pruners.survivors import check_fate
+from prune_lab.pruners.base import Pruner, check_scored, check_sparsity
+from prune_lab.pruners.scores import Score
+from prune_lab.pruners.selection import Selection, Shapes
+from prune_lab.pruners.survivors import apply_fate, check_fate
 from prune_lab.pruners.teacher import teacher_before_pruning
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
-
-
-def rankable(scores: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Scores replaced by their rank over all layers (0 = lowest): the same order within and across layers,
-    kept through `prune_lowest`'s float32 comparison, where SynFlow's float64 scores, spanning tens of
-    orders of magnitude, would collapse into ties."""
-    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
-    ranks = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
-    ranks[torch.argsort(flat, stable=True)] = torch.arange(len(flat), dtype=torch.float32, device=flat.device)
-    parts = torch.split(ranks, [s.numel() for s in scores.values()])
-    return {n: r.view(s.shape) for (n, s), r in zip(scores.items(), parts)}
 
 
 def round_sparsity(sparsity: float, k: int, rounds: int) -> float:
@@ -44,19 +32,18 @@ def round_sparsity(sparsity: float, k: int, rounds: int) -> float:
 
 @dataclass
 class AtInit(Pruner):
-    """Prune the initial network by `saliency` to `sparsity` in `rounds`, then train it for `epochs`."""
+    """Prune the initial network by `score` to `sparsity` in `rounds`, then train it for `epochs`."""
 
-    saliency: Saliency
+    score: Score
+    select: Selection
     sparsity: float
     epochs: int
-    scope: str = "global"
     rounds: int = 1
     reinit: str = "original"
     distill: Distillation = field(default_factory=Distillation)
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
-        _check_scope(self.scope)
         check_fate(self.reinit)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise UserError(f"pruner.rounds={self.rounds!r} must be a positive number of scoring rounds")
@@ -65,13 +52,16 @@ class AtInit(Pruner):
     def target(self) -> float:
         return self.sparsity
 
+    def check(self, shapes: Shapes, data: Splits) -> None:
+        check_scored(self.score, self.select, self.sparsity, shapes, data, trains_before_scoring=False,
+                     schedule="pruning at initialization")
+
     def prune(self, job: Job) -> Mask:
         """The mask at the target, computed from the current (initial) weights; the model is not changed."""
         mask = job.mask
         for k in range(1, self.rounds + 1):
-            scores = self.saliency.scores(job.model, mask, job.data, job.generator("saliency", k))
             target = round_sparsity(self.sparsity, k, self.rounds)
-            mask = prune_lowest(rankable(scores), mask, target, self.scope)
+            mask = self.select.select(self.score, job.score_inputs("saliency", k, mask=mask), target)
         return mask
 
     def run(self, job: Job) -> None:
@@ -81,11 +71,6 @@ class AtInit(Pruner):
         before = job.score_test()
         # The survivors still hold their initial values, so keep and original agree; rewinding anyway hands
         # the mask to a mask-aware init (init=sparsity_aware). random: a fresh draw (Frankle et al. 2021).
-        if self.reinit == "random":
-            job.reinitialize()
-        else:
-            job.rewind(job.initial_state)
+        apply_fate(job, "random" if self.reinit == "random" else "original")
         job.train("sparse", self.epochs, loss_fn=self.distill.loss_fn(teacher))
         job.evaluate("pruned", self.sparsity, before_training=before, rounds=self.rounds)
-
-

@@ -1,17 +1,20 @@
-"""The two interfaces of pruning: a `Pruner` (the schedule) and a `Criterion` (which weights go)."""
+"""A `Pruner` is a pruning method's schedule: when to train, score, select and rewind.
+
+Which weights matter is a `Score` (prune_lab.pruners.scores), which of them go a `Selection`
+(prune_lab.pruners.selection), what the survivors become `apply_fate` (prune_lab.pruners.survivors):
+a schedule holds a score and a selection and composes with any of them.
+"""
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from prune_lab.data.splits import Splits
 from prune_lab.errors import UserError
-from prune_lab.masks import Mask
+from prune_lab.pruners.scores import Score
+from prune_lab.pruners.selection import Selection, Shapes
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
@@ -29,9 +32,6 @@ def check_sparsity(value: object, key: str = "sparsity") -> float:
     return float(value)
 
 
-Shapes = Mapping[str, tuple[int, ...]]  # prunable parameter name -> its weight's shape
-
-
 class Pruner(ABC):
     """A pruning method: trains, prunes and evaluates a `Job` on its own schedule."""
 
@@ -40,9 +40,9 @@ class Pruner(ABC):
     def target(self) -> float:
         """The sparsity the method ends at: the one number results.json records as the run's target."""
 
-    def check(self, shapes: Shapes) -> None:
-        """Refuse (UserError) before any training a target this method cannot reach on these weights.
-        Unstructured selection reaches any target below 1, so the default accepts every target."""
+    def check(self, shapes: Shapes, data: Splits) -> None:
+        """Refuse (UserError) before any training a target this method cannot reach on these weights, or a
+        score that cannot work with this schedule or data. The default accepts everything."""
         return None
 
     @abstractmethod
@@ -57,15 +57,10 @@ def check_reachable(target: float, reachable: float, method: str, hint: str = ""
                         f"{math.floor(reachable * 1e4) / 1e4:g}; lower sparsity{hint}")
 
 
-class Criterion(ABC):
-    """Chooses which weights survive. Pure: same inputs, same mask; weights are never modified."""
-
-    @abstractmethod
-    def compute_mask(
-        self, weights: Mapping[str, Tensor], mask: Mask, sparsity: float, generator: torch.Generator | None = None
-    ) -> Mask:
-        """A mask with (at least) `sparsity` of the weights pruned overall, that keeps pruned weights pruned."""
-
-    def max_sparsity(self, shapes: Shapes) -> float:
-        """The highest sparsity this criterion reaches on weights of these shapes (unstructured: any < 1)."""
-        return 1.0
+def check_scored(score: Score, select: Selection, target: float, shapes: Shapes, data: Splits, *,
+                 trains_before_scoring: bool, schedule: str) -> None:
+    """The checks every scored schedule makes before training: the target is reachable by the selection, and
+    the score works with this schedule and data."""
+    check_reachable(target, select.max_sparsity(shapes),
+                    f"{schedule} with {type(select).__name__.lower()} selection")
+    score.check(data, trains_before_scoring, schedule)

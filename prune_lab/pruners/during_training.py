@@ -1,25 +1,30 @@
 """Pruning during training, without reset: the mask tightens at scheduled steps of one training phase.
 
 The trainer calls the pruner's step hook after every optimizer step; at a scheduled step the hook
-returns a new mask (the criterion on the live weights, already-pruned weights staying pruned) and
-training goes on with the same optimizer. The schedule is a function of the step alone, so a
-resumed run prunes at the same steps, and the level records the schedule it followed.
+returns a new mask (the score's selection among the live weights, already-pruned weights staying pruned)
+and training goes on with the same optimizer. The schedule is a function of the step alone, and the hook
+gets the mask in force from the trainer (a resumed phase: the checkpoint's), so a resumed run prunes at the
+same steps to the same masks. A score that accumulates (movement) observes the whole phase, and its state
+is the hook's, saved in every checkpoint.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from prune_lab.data.splits import Splits
 from prune_lab.distillation import Distillation
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
-from prune_lab.pruners.base import Criterion, Pruner, Shapes, check_reachable, check_sparsity
+from prune_lab.pruners.base import Pruner, check_scored, check_sparsity
+from prune_lab.pruners.scores import Score
+from prune_lab.pruners.selection import Selection, Shapes
 from prune_lab.pruners.teacher import teacher_before_pruning
-from prune_lab.training import per_epoch
+from prune_lab.training import StepHook, per_epoch
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
@@ -31,11 +36,37 @@ def check_fraction(value: object, key: str) -> float:
     return float(value)
 
 
+class ScheduledPruning(StepHook):
+    """The step hook of pruning during training: at each step the schedule names, select to its target by the
+    score; the score's observer (if any) sees every step first, and its state is this hook's."""
+
+    def __init__(self, pruner: PruneWhileTraining, job: Job, observer: StepHook | None):
+        self.pruner, self.job, self.observer = pruner, job, observer
+
+    def after_backward(self, model: nn.Module) -> None:
+        if self.observer is not None:
+            self.observer.after_backward(model)
+
+    def after_step(self, step: int, total: int, model: nn.Module, mask: Mask) -> Mask | None:
+        target = self.pruner.target_at(step, total)
+        if target is None:
+            return None
+        return self.pruner.select.select(self.pruner.score, self.job.score_inputs("prune", step, mask=mask), target)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.observer.state_dict() if self.observer is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.observer is not None:
+            self.observer.load_state_dict(state)
+
+
 @dataclass
 class PruneWhileTraining(Pruner):
     """Train once for `epochs`; at the steps `target_at` names, prune to the sparsity it gives."""
 
-    criterion: Criterion
+    score: Score
+    select: Selection
     epochs: int
     distill: Distillation = field(default_factory=Distillation)
 
@@ -57,31 +88,21 @@ class PruneWhileTraining(Pruner):
     def target(self) -> float:
         return self.final_sparsity
 
-    def check(self, shapes: Shapes) -> None:
-        check_reachable(self.final_sparsity, self.criterion.max_sparsity(shapes), f"pruner {type(self).__name__}")
+    def check(self, shapes: Shapes, data: Splits) -> None:
+        # A schedule that prunes (to more than 0) before its first step scores an untrained network.
+        trains = not self.target_at(0, 1000)
+        check_scored(self.score, self.select, self.final_sparsity, shapes, data, trains_before_scoring=trains,
+                     schedule=f"pruner {type(self).__name__}" + ("" if trains else " (pruning at step 0)"))
 
     def run(self, job: Job) -> None:
         teacher = teacher_before_pruning(job, self.distill, self.epochs)
         total = self.epochs * per_epoch(len(job.data.train), job.settings.batch_size)
 
         first = self.target_at(0, total)  # a schedule may start before the first step
-        if first is not None:
-            mask = self.criterion.compute_mask(job.weights(), job.mask, first, job.generator("prune", 0))
-            job.set_mask(mask)
-        current = [job.mask]  # the mask in force inside the phase (the job learns it when the phase ends)
-
-        def prune(step: int, total_steps: int, model: nn.Module) -> Mask | None:
-            target = self.target_at(step, total_steps)
-            if target is None:
-                return None
-            g = job.generator("prune", step)
-            # A phase resumed from a checkpoint runs under the checkpoint's mask, which this closure never saw;
-            # pruned weights are exactly zero, so the weights themselves say which are gone.
-            in_force = current[0] & Mask.from_weights(model, current[0].names())
-            current[0] = self.criterion.compute_mask(job.weights(), in_force, target, g)
-            return current[0]
-
-        job.train("pruning", self.epochs, on_step=prune, loss_fn=self.distill.loss_fn(teacher))
+        if first:
+            job.set_mask(self.select.select(self.score, job.score_inputs("prune", 0), first))
+        hook = ScheduledPruning(self, job, self.score.observer(job.model, job.prunable))
+        job.train("pruning", self.epochs, on_step=hook, loss_fn=self.distill.loss_fn(teacher))
         steps = [s for s, _ in self.schedule(total)]
         job.evaluate("pruned", self.final_sparsity, total_steps=total, prune_events=len(steps),
                      prune_steps=[steps[0], steps[-1]] if steps else [])

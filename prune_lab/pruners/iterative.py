@@ -1,6 +1,8 @@
-"""Iterative magnitude pruning with rewinding: the Lottery Ticket procedure (Frankle & Carbin 2019).
+"""Iterative pruning with rewinding: the Lottery Ticket procedure (Frankle & Carbin 2019), with any score.
 
-Round 0 trains the dense network. Each round r >= 1 prunes `rate` of the weights still there (so a
+Round 0 trains the dense network. Each round r >= 1 prunes `rate` of the weights still there (by magnitude
+unless `pruner/score=` names another score; a score that accumulates over training observes each round's
+training, round 0's included) (so a
 layer with rate p is at sparsity 1 - (1 - p)^r), gives the survivors their fate (rewind them to
 initialisation, or to iteration k: "late rewinding", Frankle et al. 2020), and retrains. The last round
 stops exactly at the target: it is a fractional round t in (R-1, R] with the same per-layer law
@@ -22,20 +24,22 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from prune_lab.distillation import Distillation, frozen_copy
+from prune_lab.data.splits import Splits
+from prune_lab.distillation import Distillation
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
-from prune_lab.pruners.base import Pruner, Shapes, check_sparsity
-from prune_lab.pruners.criteria import Magnitude
+from prune_lab.pruners.base import Pruner, check_scored, check_sparsity
+from prune_lab.pruners.scores import Magnitude, Score
+from prune_lab.pruners.selection import Selection, Shapes, Unstructured
 from prune_lab.pruners.survivors import apply_fate
-from prune_lab.training import per_epoch
+from prune_lab.pruners.teacher import dense_teacher
+from prune_lab.training import FunctionHook, StepHook, combine, per_epoch
 
 if TYPE_CHECKING:
     from prune_lab.job import Job, State
@@ -95,14 +99,15 @@ def final_round(rates: dict[str, float], sizes: dict[str, int], target: float) -
 
 
 @dataclass
-class IterativeMagnitude(Pruner):
+class Iterative(Pruner):
     """Rounds of train -> prune `rate` of the remaining weights -> rewind -> retrain, until `sparsity`."""
 
     sparsity: float
     epochs: int  # per round, round 0 (dense) included
+    score: Score = field(default_factory=Magnitude)  # the paper's
+    select: Selection = field(default_factory=Unstructured)  # layerwise, as the paper's LeNet and Conv-N
     rate: float = 0.2
     layer_rates: dict[str, float] | None = None  # shell pattern on parameter names -> rate (None: none)
-    scope: str = "layerwise"
     rewind: str = "init"
     reinit: str = "original"
     controls: list[str] = field(default_factory=list)  # of CONTROLS, run beside every round
@@ -115,9 +120,9 @@ class IterativeMagnitude(Pruner):
             raise UserError("pruner.rate=0 never prunes; use a fraction in (0, 1), e.g. pruner.rate=0.2")
         self.layer_rates = {str(k): check_rate(v, f"pruner.layer_rates.{k}")
                             for k, v in (self.layer_rates or {}).items()}
-        Magnitude(self.scope)  # validates the scope
-        if self.scope == "global" and self.layer_rates:
-            raise UserError("pruner.layer_rates needs pruner.scope=layerwise (global has no layer rates)")
+        if self.layer_rates and not self.select.takes_layer_targets():
+            raise UserError("pruner.layer_rates needs pruner.select.scope=layerwise (unstructured; global and unit "
+                            "selection have no layer rates)")
         if self.reinit == "random":
             raise UserError("pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains "
                             "the ticket's mask from a fresh init (pruner.controls=[randomly_reinitialize]); "
@@ -142,8 +147,10 @@ class IterativeMagnitude(Pruner):
     def target(self) -> float:
         return self.sparsity
 
-    def check(self, shapes: Shapes) -> None:
+    def check(self, shapes: Shapes, data: Splits) -> None:
         self.plan({n: math.prod(s) for n, s in shapes.items()})  # refuses what it cannot reach
+        check_scored(self.score, self.select, self.sparsity, shapes, data, trains_before_scoring=True,
+                     schedule="pruner imp")
 
     # --- the plan: every number is decided before training, from sizes alone --------------------------
     def rates_for(self, names: list[str]) -> dict[str, float]:
@@ -179,36 +186,32 @@ class IterativeMagnitude(Pruner):
             out.append((overall, per_layer))
         return out
 
-    def prune(self, job: Job, overall: float, per_layer: dict[str, float]) -> Mask:
-        weights = job.weights()
-        if self.scope == "global":
-            return Magnitude("global").compute_mask(weights, job.mask, overall)
-        layerwise = Magnitude("layerwise")
-        tensors = {}
-        for n, w in weights.items():  # one layer at a time, each to its own sparsity
-            one = Mask({n: job.mask.tensors[n]})
-            tensors[n] = layerwise.compute_mask({n: w}, one, per_layer[n]).tensors[n]
-        return Mask(tensors)
+    def prune(self, job: Job, r: int, overall: float, per_layer: dict[str, float]) -> Mask:
+        """Round r's mask: each layer to its own target (layerwise), else the overall one."""
+        target = per_layer if self.select.takes_layer_targets() else overall
+        return self.select.select(self.score, job.score_inputs("prune", r), target)
+
+    def observe(self, job: Job, *hooks: StepHook | None) -> StepHook | None:
+        """The hooks of one training phase whose weights a round prunes: the score's observer, and `hooks`."""
+        return combine(self.score.observer(job.model, job.prunable), *hooks)
 
     # --- the schedule -----------------------------------------------------------------------------
     def run(self, job: Job) -> None:
         plan = self.plan({n: w.numel() for n, w in job.weights().items()})
         rewind_step = self.rewind_step(job)
-        job.train("dense", self.epochs, on_step=self.snapshot_at(job, rewind_step))
+        job.train("dense", self.epochs, on_step=self.observe(job, self.snapshot_at(job, rewind_step)))
         job.evaluate("dense", 0.0, round=0)
-        teacher = frozen_copy(job.model) if self.distill.active else None
+        teacher = dense_teacher(job, self.distill)
         rewind_point = job.initial_state if rewind_step == 0 else job.load_snapshot(SNAPSHOT)
         for r, (overall, per_layer) in enumerate(plan, start=1):
-            job.set_mask(self.prune(job, overall, per_layer))
+            job.set_mask(self.prune(job, r, overall, per_layer))
             before = job.score_test()
-            if self.reinit == "original":
-                job.rewind(rewind_point)
-            else:
-                apply_fate(job, REINITS[self.reinit], "round", r)
+            apply_fate(job, REINITS[self.reinit], "round", r, to=rewind_point)
             # Late rewinding retrains steps k..end of the same schedule (OpenLTH), not a fresh phase from step 0.
             start = rewind_step if self.reinit == "original" else 0
-            job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start)
-            targets = {"layer_targets": per_layer} if self.scope == "layerwise" else {}
+            job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start,
+                      on_step=self.observe(job) if r < len(plan) else None)  # the last round prunes no more
+            targets = {"layer_targets": per_layer} if self.select.takes_layer_targets() else {}
             job.evaluate(f"round-{r}", overall, round=r, before_retrain=before, rewind=self.rewind, **targets)
             self.run_controls(job, r, overall, rewind_point, rewind_step, teacher)
 
@@ -236,7 +239,7 @@ class IterativeMagnitude(Pruner):
         return step
 
     @staticmethod
-    def snapshot_at(job: Job, step: int) -> Callable | None:
+    def snapshot_at(job: Job, step: int) -> StepHook | None:
         """A step hook that stores the weights after `step` optimizer steps (late rewinding's target)."""
         if step == 0:
             return None
@@ -245,4 +248,4 @@ class IterativeMagnitude(Pruner):
             if done == step:
                 job.save_snapshot(SNAPSHOT)
 
-        return hook
+        return FunctionHook(hook)

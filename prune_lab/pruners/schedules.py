@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prune_lab.distillation import Distillation, frozen_copy
-from prune_lab.pruners.base import Criterion, Pruner, Shapes, check_reachable, check_sparsity
+from prune_lab.data.splits import Splits
+from prune_lab.distillation import Distillation
+from prune_lab.pruners.base import Pruner, check_scored, check_sparsity
+from prune_lab.pruners.scores import Score
+from prune_lab.pruners.selection import Selection, Shapes
 from prune_lab.pruners.survivors import apply_fate, check_fate
+from prune_lab.pruners.teacher import dense_teacher
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
@@ -28,10 +32,11 @@ class Dense(Pruner):
 
 @dataclass
 class OneShot(Pruner):
-    """Train dense, prune to `sparsity` in one step, give survivors their fate, fine-tune (optionally
-    against the dense network's soft labels)."""
+    """Train dense, score, select to `sparsity` in one step, give survivors their fate, fine-tune (optionally
+    against the dense network's soft labels). A score that accumulates over training observes the dense phase."""
 
-    criterion: Criterion
+    score: Score
+    select: Selection
     sparsity: float
     finetune_epochs: int
     reinit: str = "keep"
@@ -45,15 +50,15 @@ class OneShot(Pruner):
     def target(self) -> float:
         return self.sparsity
 
-    def check(self, shapes: Shapes) -> None:
-        check_reachable(self.sparsity, self.criterion.max_sparsity(shapes), f"pruner {type(self.criterion).__name__}")
+    def check(self, shapes: Shapes, data: Splits) -> None:
+        check_scored(self.score, self.select, self.sparsity, shapes, data, trains_before_scoring=True,
+                     schedule="one-shot pruning")
 
     def run(self, job: Job) -> None:
-        job.train("dense", job.settings.epochs)
+        job.train("dense", job.settings.epochs, on_step=self.score.observer(job.model, job.prunable))
         job.evaluate("dense", 0.0)
-        teacher = frozen_copy(job.model) if self.distill.active else None
-        mask = self.criterion.compute_mask(job.weights(), job.mask, self.sparsity, job.generator("prune"))
-        job.set_mask(mask)
+        teacher = dense_teacher(job, self.distill)
+        job.set_mask(self.select.select(self.score, job.score_inputs("prune"), self.sparsity))
         before = job.score_test()
         apply_fate(job, self.reinit)
         job.train("finetune", self.finetune_epochs, loss_fn=self.distill.loss_fn(teacher))

@@ -1,4 +1,4 @@
-"""The dense teacher of distillation, for methods that would not otherwise train a dense network."""
+"""The dense teacher of distillation: the one place a schedule gets it from."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from prune_lab.distillation import Distillation, frozen_copy
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
+
+
+def dense_teacher(job: Job, distill: Distillation) -> nn.Module | None:
+    """With distillation on, a frozen copy of the network just trained dense (one-shot, imp); else None."""
+    return frozen_copy(job.model) if distill.active else None
 
 
 def teacher_before_pruning(job: Job, distill: Distillation, epochs: int) -> nn.Module | None:

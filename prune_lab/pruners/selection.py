@@ -1,0 +1,208 @@
+"""Selection: which weights go, given a score. The one way to turn scores into a mask at a measured target.
+
+Selection ranks only the weights (or units) still alive, so a score of any sign (GraSP's w * Hg is often
+below -1) never prunes more than asked, and weights already pruned stay pruned and count towards the target.
+
+- `Unstructured`: single weights, each layer to the target (`layerwise`) or one threshold over all layers
+  (`global`). Ranking follows torch.nn.utils.prune: `topk(..., largest=False)` with round(sparsity * n)
+  weights removed, so with magnitude scores the masks equal `l1_unstructured` / `global_unstructured`'s.
+  Unlike torch's `amount`, `sparsity` is the total fraction of zeros, counting weights already pruned.
+- `Units`: whole output units (the rows of a Linear weight, the filters of a Conv) by the score's unit
+  scores; with magnitude, the L2 norm of the unit's weights, as torch.nn.utils.prune.ln_structured(n=2,
+  dim=0) ranks them. `sparsity` still counts all prunable weights, the protected output layer's included:
+  layerwise, every candidate layer loses the same share f of its units, f = sparsity * all weights /
+  candidate weights, so the total reaches the target within one unit per layer; globally, units leave in
+  order of score until the pruned weights come closest to round(sparsity * all weights). A target that
+  would leave a layer without a unit is refused before training (`max_sparsity`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from prune_lab.errors import UserError
+from prune_lab.masks import Mask
+from prune_lab.pruners.scores import Score, ScoreInputs
+
+SCOPES = ("layerwise", "global")
+Shapes = Mapping[str, tuple[int, ...]]  # prunable parameter name -> its weight's shape
+Target = float | Mapping[str, float]  # overall, or per layer (layerwise unstructured only: imp's layer rates)
+
+
+def check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise UserError(f"pruner scope={scope!r} is not one of {SCOPES}; e.g. pruner.select.scope=global")
+
+
+def _prune_more(scores: Tensor, keep: Tensor, count: int) -> Tensor:
+    """`keep` ([n], bool) minus the `count` lowest `scores` ([n]) among the live (kept) weights only.
+
+    Dead weights never compete: a score of any sign cannot rank a live weight under a pruned one, so
+    exactly `count` more weights go."""
+    out = keep.clone()
+    if count <= 0:
+        return out
+    live = keep.nonzero().squeeze(1)  # [live]
+    lowest = torch.topk(scores[live].float(), count, largest=False).indices
+    out[live[lowest]] = False
+    return out
+
+
+def rankable(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Scores replaced by their rank over all layers (0 = lowest): the same order within and across layers,
+    kept through `_prune_more`'s float32 comparison, where float64 scores (SynFlow's, spanning tens of
+    orders of magnitude) would collapse into ties."""
+    flat = torch.cat([s.reshape(-1).double() for s in scores.values()])
+    ranks = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    ranks[torch.argsort(flat, stable=True)] = torch.arange(len(flat), dtype=torch.float32, device=flat.device)
+    parts = torch.split(ranks, [s.numel() for s in scores.values()])
+    return {n: r.view(s.shape) for (n, s), r in zip(scores.items(), parts)}
+
+
+def prune_lowest(scores: Mapping[str, Tensor], mask: Mask, sparsity: Target, scope: str) -> Mask:
+    """Remove the lowest-scoring live weights until `sparsity` of all weights (per layer, or over all) is pruned.
+
+    Weights the mask already prunes stay pruned and count towards the target: a layer of n weights ends
+    with exactly round(sparsity * n) pruned (layerwise; `sparsity` may give each layer its own), or all
+    layers together with round(sparsity * N) (global), unless more were pruned already."""
+    check_scope(scope)
+    if any(s.dtype == torch.float64 for s in scores.values()):
+        scores = rankable(scores)
+    if scope == "layerwise":
+        out = {}
+        for n, s in scores.items():
+            keep = mask.tensors[n].reshape(-1)
+            target = sparsity[n] if isinstance(sparsity, Mapping) else sparsity
+            wanted = round(target * s.numel()) - int((~keep).sum())
+            out[n] = _prune_more(s.reshape(-1), keep, wanted).view_as(s)
+        return Mask(out)
+    if isinstance(sparsity, Mapping):
+        raise ValueError("per-layer targets need scope=layerwise")
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    keep_flat = torch.cat([mask.tensors[n].reshape(-1) for n in scores])
+    wanted = round(sparsity * flat.numel()) - int((~keep_flat).sum())
+    keep_flat = _prune_more(flat, keep_flat, wanted)
+    out, offset = {}, 0
+    for n, s in scores.items():
+        out[n] = keep_flat[offset : offset + s.numel()].view_as(s)
+        offset += s.numel()
+    return Mask(out)
+
+
+class Selection(ABC):
+    """Turns a score into a mask at a target sparsity of all prunable weights. Pure: the model is not changed."""
+
+    granularity: ClassVar[str] = "weight"  # what goes: single weights, or whole units
+
+    @abstractmethod
+    def select(self, score: Score, inputs: ScoreInputs, sparsity: Target) -> Mask:
+        """A mask at `sparsity` (within one weight, or unit, per layer) that keeps pruned weights pruned."""
+
+    def max_sparsity(self, shapes: Shapes) -> float:
+        """The highest sparsity this selection reaches on weights of these shapes (unstructured: any < 1)."""
+        return 1.0
+
+    def takes_layer_targets(self) -> bool:
+        """Whether `select` takes a target per layer (imp's layer rates)."""
+        return False
+
+
+@dataclass(frozen=True)
+class Unstructured(Selection):
+    scope: str = "layerwise"
+
+    def __post_init__(self) -> None:
+        check_scope(self.scope)
+
+    def takes_layer_targets(self) -> bool:
+        return self.scope == "layerwise"
+
+    def select(self, score: Score, inputs: ScoreInputs, sparsity: Target) -> Mask:
+        return prune_lowest(score.weights(inputs), inputs.mask, sparsity, self.scope)
+
+
+@dataclass(frozen=True)
+class Units(Selection):
+    """Whole output units go, the lowest unit scores first (structured pruning)."""
+
+    granularity: ClassVar[str] = "unit"
+    scope: str = "layerwise"
+    # The last prunable layer's rows are the class logits: removing one removes a class.
+    skip_output: bool = True
+
+    def __post_init__(self) -> None:
+        check_scope(self.scope)
+
+    def candidates(self, names: list[str]) -> list[str]:
+        """The layers whose units may go (in module order, the last one is the output layer)."""
+        return names[:-1] if self.skip_output and len(names) > 1 else names
+
+    def max_sparsity(self, shapes: Shapes) -> float:
+        """The highest sparsity that leaves every layer at least one unit (and the output layer whole)."""
+        total = sum(math.prod(s) for s in shapes.values())
+        removable = sum(math.prod(shapes[n]) // shapes[n][0] * (shapes[n][0] - 1)
+                        for n in self.candidates(list(shapes)))
+        return removable / total
+
+    def select(self, score: Score, inputs: ScoreInputs, sparsity: Target) -> Mask:
+        if isinstance(sparsity, Mapping):
+            raise ValueError("unit selection takes one overall target")
+        mask = inputs.mask
+        shapes = {n: t.shape for n, t in mask.tensors.items()}
+        candidates = self.candidates(list(shapes))
+        unit_scores = score.units(inputs)
+        scores = {}
+        for n in candidates:  # units with no survivor score -inf: they are gone already and go first
+            alive = mask.tensors[n].reshape(shapes[n][0], -1).any(1)
+            scores[n] = torch.where(alive, unit_scores[n].float(), torch.tensor(-math.inf, device=alive.device))
+        drop = {n: torch.zeros_like(s, dtype=torch.bool) for n, s in scores.items()}  # units to remove: [out]
+        if self.scope == "layerwise":
+            # The share of each candidate layer's units that must go for `sparsity` of ALL weights.
+            total = sum(math.prod(s) for s in shapes.values())
+            share = sparsity * total / sum(math.prod(shapes[n]) for n in candidates)
+            for n, s in scores.items():
+                k = min(round(share * s.numel()), s.numel() - 1)  # never the last unit (max_sparsity refuses)
+                if k > 0:
+                    drop[n][torch.topk(s, k, largest=False).indices] = True
+        else:
+            self._drop_globally(mask, sparsity, scores, drop)
+        out = dict(mask.tensors)
+        for n, d in drop.items():
+            out[n] = mask.tensors[n] & ~d.view(-1, *([1] * (mask.tensors[n].dim() - 1)))
+        return Mask(out)
+
+    @staticmethod
+    def _drop_globally(mask: Mask, sparsity: float, scores: dict[str, Tensor], drop: dict[str, Tensor]) -> None:
+        total = sum(t.numel() for t in mask.tensors.values())
+        already = sum(int((~t).sum()) for t in mask.tensors.values())
+        wanted = round(sparsity * total) - already  # weights still to prune
+        if wanted <= 0:
+            return
+        flat = torch.cat(list(scores.values()))  # every candidate unit: [units]
+        # What removing each unit adds to the pruned count: its still-kept weights.
+        gain = torch.cat([mask.tensors[n].reshape(mask.tensors[n].shape[0], -1).sum(1) for n in scores])
+        # Each layer's strongest unit never goes: a layer without units cuts the network (max_sparsity refuses).
+        last = torch.cat([torch.nn.functional.one_hot(s.argmax(), s.numel()).bool() for s in scores.values()])
+        order = torch.argsort(flat, stable=True)
+        order = order[~last[order]]
+        pruned = torch.cat([torch.zeros(1, dtype=gain.dtype, device=gain.device), gain[order].cumsum(0)])
+        k = int(torch.argmin((pruned - wanted).abs()))  # units to remove: the count closest to the target
+        chosen = torch.zeros_like(flat, dtype=torch.bool)
+        chosen[order[:k]] = True
+        offset = 0
+        for n, s in scores.items():
+            drop[n] |= chosen[offset : offset + s.numel()]
+            offset += s.numel()
+
+
+def select_mask(score: Score, selection: Selection, weights: Mapping[str, Tensor], mask: Mask, sparsity: Target,
+                generator: torch.Generator | None = None) -> Mask:
+    """For scores that read only the weights (magnitude, random, LAMP): a mask from plain tensors, no model."""
+    return selection.select(score, ScoreInputs(None, mask, generator=generator, params=weights), sparsity)

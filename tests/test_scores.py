@@ -233,4 +233,4 @@ def test_movement_pruning_of_lenet_on_mnist_reaches_90_percent_and_records_its_l
     assert level.target_sparsity == 0.9 and abs(level.sparsity - 0.9) < 1e-4
     assert all(abs(s["sparsity"] - 0.9) < 1e-3 for s in level.layers.values())  # layerwise selection
     assert level.test_acc > 0.9  # a working network at 10% of its weights after two epochs
-    assert level.extra["prune_events"] > 1 and level.epochs_trained == 2
+    assert level.extra["prune_events"] > 1 and level.extra["epochs_trained"] == 2

@@ -91,10 +91,40 @@ def test_weight_vs_unit_is_the_studys_grid_without_retraining():
     jobs = sweep_jobs("experiment=weight_vs_unit_mnist")
     ks = sorted({float(j[1].split("=")[1]) for j in jobs})
     assert ks == [0, .25, .5, .6, .7, .75, .8, .85, .9, .925, .95, .975, .99]
-    assert {j[0] for j in jobs} == {"pruner=magnitude", "pruner=unit"} and len(jobs) == 26
-    spec = full("weight_vs_unit_mnist", "pruner=unit", "sparsity=0.5")
+    assert {j[0] for j in jobs} == {"arm=wvu_weight", "arm=wvu_unit"} and len(jobs) == 26
+    spec = full("weight_vs_unit_mnist", "arm=wvu_unit", "sparsity=0.5")
     assert spec.pruner.finetune_epochs == 0 and spec.config["model"]["hidden"] == [1000, 1000, 500, 200]
     assert spec.config["model"]["bias"] is False and spec.train.epochs == 10
+    # the study's src/config.py: Adam 1e-3, batch 512
+    assert (spec.choices["pruner"], spec.train.lr, spec.train.batch_size) == ("unit", 0.001, 512)
+    assert full("weight_vs_unit_mnist", "arm=wvu_weight").choices["pruner"] == "magnitude"
+
+
+def test_weight_vs_unit_network_and_pruning_are_the_studys_code():
+    """jf20541/Pruning-DeepNeuralNetwork: no dropout, ReLU on the logits, the output layer never pruned."""
+    import torch
+
+    from prune_lab.data.splits import DataInfo
+    from prune_lab.masks import Mask
+
+    info = DataInfo("mnist", (1, 28, 28), 10)
+    for arm in ("wvu_weight", "wvu_unit"):
+        spec = full("weight_vs_unit_mnist", f"arm={arm}", "sparsity=0.5")
+        model = spec.model(info)
+        kinds = [type(m).__name__ for m in model.net]
+        assert kinds == ["Flatten"] + ["Linear", "ReLU"] * 5, kinds  # ReLU after the last Linear too; no Dropout
+        logits = model(torch.randn(8, 1, 28, 28))
+        assert logits.shape == (8, 10) and bool((logits >= 0).all())
+        names = spec.prunable.names(model)
+        assert names == ["net.1.weight", "net.3.weight", "net.5.weight", "net.7.weight"]  # not net.9 (fc5)
+        weights = {n: model.get_parameter(n).detach() for n in names}
+        keep = spec.pruner.criterion.compute_mask(weights, Mask.ones(model, names), 0.5).tensors
+        for n in names:
+            if arm == "wvu_weight":  # half of each hidden layer's weights, as sparsify_by_weights
+                assert int((~keep[n]).sum()) == weights[n].numel() // 2
+            else:  # half of each hidden layer's units (rows), fc4's included, as sparsify_by_unit
+                assert int((~keep[n]).all(1).sum()) == weights[n].shape[0] // 2
+                assert bool((keep[n].all(1) | ~keep[n].any(1)).all())  # whole rows only
 
 
 def test_lth_lenet_is_frankle_and_carbins_setup():

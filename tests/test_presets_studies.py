@@ -127,6 +127,46 @@ def test_weight_vs_unit_network_and_pruning_are_the_studys_code():
                 assert bool((keep[n].all(1) | ~keep[n].any(1)).all())  # whole rows only
 
 
+def test_fmnist_dynamic_is_the_notebooks_network_and_four_trials():
+    """ajlewis02/MLGroupProject fashion_mnist/*.ipynb: PyTorch's MNIST CNN without dropout, Adadelta 1.0,
+    batch 64, one epoch; global thresholds over all four weights."""
+    import torch
+    from torch import nn
+
+    from prune_lab.data.splits import DataInfo
+    from prune_lab.errors import UserError
+    from prune_lab.models.convnets import ConvNet
+
+    jobs = sweep_jobs("experiment=fmnist_dynamic")
+    assert {j[0] for j in jobs} == {"arm=fmnist_unpruned", "arm=fmnist_pruned", "arm=fmnist_lottery_ticket",
+                                    "arm=fmnist_dynamic"} and len(jobs) == 12
+    info = DataInfo("fashion_mnist", (1, 28, 28), 10)
+    unpruned = full("fmnist_dynamic", "arm=fmnist_unpruned")
+    model = unpruned.model(info)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["features.0.weight"] == (32, 1, 3, 3) and shapes["features.2.weight"] == (64, 32, 3, 3)
+    assert shapes["classifier.1.weight"] == (128, 9216) and shapes["classifier.3.weight"] == (10, 128)
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    t = unpruned.train
+    assert (t.lr, t.batch_size, t.epochs) == (1.0, 64, 1)
+    assert isinstance(t.optimizer(model.parameters(), lr=t.lr), torch.optim.Adadelta)
+    pruned = full("fmnist_dynamic", "arm=fmnist_pruned").pruner
+    assert (pruned.criterion.scope, pruned.target, pruned.finetune_epochs) == ("global", 0.3, 0)
+    ticket = full("fmnist_dynamic", "arm=fmnist_lottery_ticket").pruner
+    sizes = prunable_sizes(full("fmnist_dynamic", "arm=fmnist_lottery_ticket"), info)
+    assert sum(sizes.values()) == 1_199_648
+    plan = ticket.plan(sizes)  # one round straight to the notebook's 599,504 weights
+    assert len(plan) == 1 and round(plan[0][0] * 1_199_648) == pytest.approx(599_504, abs=60)
+    assert (ticket.scope, ticket.rewind, ticket.reinit) == ("global", "init", "original")
+    dynamic = full("fmnist_dynamic", "arm=fmnist_dynamic").pruner
+    assert dynamic.criterion.scope == "global" and dynamic.rate == pytest.approx(0.17, abs=1e-4)
+    assert dynamic.event_steps(938) == [334, 667]  # after batch_index 333 and 666 of the notebook's epoch
+    with pytest.raises(UserError, match="shrink to nothing"):
+        ConvNet(DataInfo("tiny", (1, 4, 4), 10), channels=[32, 64, "M"], fc=[8], padding=0)
+
+
 def test_lth_lenet_is_frankle_and_carbins_setup():
     spec = full("lth_lenet_mnist")
     t = spec.train
@@ -191,9 +231,10 @@ def test_reinit_comparison_and_init_robustness_sweep_what_the_studies_compared()
 
 @pytest.fixture(scope="module")
 def smoke_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real MNIST and Cora, CIFAR-10 files in torchvision's format (the real set is not here), and faces."""
+    """The real MNIST, Fashion-MNIST and Cora, CIFAR-10 files in torchvision's format (the real set is not here),
+    and faces."""
     root = tmp_path_factory.mktemp("smoke_data")
-    for name in ("MNIST", "Cora"):
+    for name in ("MNIST", "FashionMNIST", "Cora"):
         (root / name).symlink_to(data_dir / name)
     write_cifar10_files(root, per_batch=30, n_test=30)
     rng = np.random.default_rng(0)

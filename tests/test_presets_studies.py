@@ -91,10 +91,80 @@ def test_weight_vs_unit_is_the_studys_grid_without_retraining():
     jobs = sweep_jobs("experiment=weight_vs_unit_mnist")
     ks = sorted({float(j[1].split("=")[1]) for j in jobs})
     assert ks == [0, .25, .5, .6, .7, .75, .8, .85, .9, .925, .95, .975, .99]
-    assert {j[0] for j in jobs} == {"pruner=magnitude", "pruner=unit"} and len(jobs) == 26
-    spec = full("weight_vs_unit_mnist", "pruner=unit", "sparsity=0.5")
+    assert {j[0] for j in jobs} == {"arm=wvu_weight", "arm=wvu_unit"} and len(jobs) == 26
+    spec = full("weight_vs_unit_mnist", "arm=wvu_unit", "sparsity=0.5")
     assert spec.pruner.finetune_epochs == 0 and spec.config["model"]["hidden"] == [1000, 1000, 500, 200]
     assert spec.config["model"]["bias"] is False and spec.train.epochs == 10
+    # the study's src/config.py: Adam 1e-3, batch 512
+    assert (spec.choices["pruner"], spec.train.lr, spec.train.batch_size) == ("unit", 0.001, 512)
+    assert full("weight_vs_unit_mnist", "arm=wvu_weight").choices["pruner"] == "magnitude"
+
+
+def test_weight_vs_unit_network_and_pruning_are_the_studys_code():
+    """jf20541/Pruning-DeepNeuralNetwork: no dropout, ReLU on the logits, the output layer never pruned."""
+    import torch
+
+    from prune_lab.data.splits import DataInfo
+    from prune_lab.masks import Mask
+
+    info = DataInfo("mnist", (1, 28, 28), 10)
+    for arm in ("wvu_weight", "wvu_unit"):
+        spec = full("weight_vs_unit_mnist", f"arm={arm}", "sparsity=0.5")
+        model = spec.model(info)
+        kinds = [type(m).__name__ for m in model.net]
+        assert kinds == ["Flatten"] + ["Linear", "ReLU"] * 5, kinds  # ReLU after the last Linear too; no Dropout
+        logits = model(torch.randn(8, 1, 28, 28))
+        assert logits.shape == (8, 10) and bool((logits >= 0).all())
+        names = spec.prunable.names(model)
+        assert names == ["net.1.weight", "net.3.weight", "net.5.weight", "net.7.weight"]  # not net.9 (fc5)
+        weights = {n: model.get_parameter(n).detach() for n in names}
+        keep = spec.pruner.criterion.compute_mask(weights, Mask.ones(model, names), 0.5).tensors
+        for n in names:
+            if arm == "wvu_weight":  # half of each hidden layer's weights, as sparsify_by_weights
+                assert int((~keep[n]).sum()) == weights[n].numel() // 2
+            else:  # half of each hidden layer's units (rows), fc4's included, as sparsify_by_unit
+                assert int((~keep[n]).all(1).sum()) == weights[n].shape[0] // 2
+                assert bool((keep[n].all(1) | ~keep[n].any(1)).all())  # whole rows only
+
+
+def test_fmnist_dynamic_is_the_notebooks_network_and_four_trials():
+    """ajlewis02/MLGroupProject fashion_mnist/*.ipynb: PyTorch's MNIST CNN without dropout, Adadelta 1.0,
+    batch 64, one epoch; global thresholds over all four weights."""
+    import torch
+    from torch import nn
+
+    from prune_lab.data.splits import DataInfo
+    from prune_lab.errors import UserError
+    from prune_lab.models.convnets import ConvNet
+
+    jobs = sweep_jobs("experiment=fmnist_dynamic")
+    assert {j[0] for j in jobs} == {"arm=fmnist_unpruned", "arm=fmnist_pruned", "arm=fmnist_lottery_ticket",
+                                    "arm=fmnist_dynamic"} and len(jobs) == 12
+    info = DataInfo("fashion_mnist", (1, 28, 28), 10)
+    unpruned = full("fmnist_dynamic", "arm=fmnist_unpruned")
+    model = unpruned.model(info)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["features.0.weight"] == (32, 1, 3, 3) and shapes["features.2.weight"] == (64, 32, 3, 3)
+    assert shapes["classifier.1.weight"] == (128, 9216) and shapes["classifier.3.weight"] == (10, 128)
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    t = unpruned.train
+    assert (t.lr, t.batch_size, t.epochs) == (1.0, 64, 1)
+    assert isinstance(t.optimizer(model.parameters(), lr=t.lr), torch.optim.Adadelta)
+    pruned = full("fmnist_dynamic", "arm=fmnist_pruned").pruner
+    assert (pruned.criterion.scope, pruned.target, pruned.finetune_epochs) == ("global", 0.3, 0)
+    ticket = full("fmnist_dynamic", "arm=fmnist_lottery_ticket").pruner
+    sizes = prunable_sizes(full("fmnist_dynamic", "arm=fmnist_lottery_ticket"), info)
+    assert sum(sizes.values()) == 1_199_648
+    plan = ticket.plan(sizes)  # one round straight to the notebook's 599,504 weights
+    assert len(plan) == 1 and round(plan[0][0] * 1_199_648) == pytest.approx(599_504, abs=60)
+    assert (ticket.scope, ticket.rewind, ticket.reinit) == ("global", "init", "original")
+    dynamic = full("fmnist_dynamic", "arm=fmnist_dynamic").pruner
+    assert dynamic.criterion.scope == "global" and dynamic.rate == pytest.approx(0.17, abs=1e-4)
+    assert dynamic.event_steps(938) == [334, 667]  # after batch_index 333 and 666 of the notebook's epoch
+    with pytest.raises(UserError, match="shrink to nothing"):
+        ConvNet(DataInfo("tiny", (1, 4, 4), 10), channels=[32, 64, "M"], fc=[8], padding=0)
 
 
 def test_lth_lenet_is_frankle_and_carbins_setup():
@@ -161,9 +231,10 @@ def test_reinit_comparison_and_init_robustness_sweep_what_the_studies_compared()
 
 @pytest.fixture(scope="module")
 def smoke_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real MNIST and Cora, CIFAR-10 files in torchvision's format (the real set is not here), and faces."""
+    """The real MNIST, Fashion-MNIST and Cora, CIFAR-10 files in torchvision's format (the real set is not here),
+    and faces."""
     root = tmp_path_factory.mktemp("smoke_data")
-    for name in ("MNIST", "Cora"):
+    for name in ("MNIST", "FashionMNIST", "Cora"):
         (root / name).symlink_to(data_dir / name)
     write_cifar10_files(root, per_batch=30, n_test=30)
     rng = np.random.default_rng(0)

@@ -4,6 +4,10 @@ Conv-N: N 3x3 convolutions ("same" padding) in pairs of 64, 128, 256 channels, e
 2x2 max-pool, then fully connected 256-256-classes. On 32x32x3 inputs Conv-2 and Conv-4 have the paper's
 4.3M / 2.4M parameters; Conv-6 has 2.26M, which is what the paper's layer list adds up to (its Table 1
 prints 1.7M).
+
+`padding=0` makes every convolution "valid" (each 3x3 shrinks the side by 2): with channels [32, 64, M] and
+fc [128] that is the dynamic-pruning study's Fashion-MNIST CNN (PyTorch's MNIST example without its dropout):
+28x28 -> 26 -> 24 -> pooled 12, so the classifier sees 64*12*12 = 9216 features (model=fashion_cnn).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ class ConvNet(nn.Module):
         fc: Sequence[int] = (256, 256),
         batch_norm: bool = False,
         name: str = "convnet",
+        padding: int = 1,
     ):
         super().__init__()
+        if padding not in (0, 1):
+            raise UserError(f"model.padding={padding!r}: 1 keeps each 3x3 convolution's side (\"same\"), "
+                            "0 shrinks it by 2")
         pools = sum(1 for c in channels if c == POOL)
         in_ch, h, w = require_image(info, name, min_side=2**pools)
         features: list[nn.Module] = []
@@ -41,10 +49,16 @@ class ConvNet(nn.Module):
                 continue
             if not isinstance(c, int) or c <= 0:
                 raise UserError(f"model.channels entries must be positive ints or 'M', got {c!r}")
-            features += [nn.Conv2d(in_ch, c, 3, padding=1, bias=not batch_norm)]
+            h, w = h - 2 + 2 * padding, w - 2 + 2 * padding  # a 3x3 kernel, stride 1
+            if min(h, w) < 1:
+                break  # refused below
+            features += [nn.Conv2d(in_ch, c, 3, padding=padding, bias=not batch_norm)]
             features += [nn.BatchNorm2d(c)] if batch_norm else []
             features += [nn.ReLU()]
             in_ch = c
+        if min(h, w) < 1:  # only unpadded convolutions can get here (padding=1 halves at pools alone)
+            raise UserError(f"model {name}: {info.input_shape[1]}x{info.input_shape[2]} images shrink to nothing "
+                            f"through unpadded convolutions {list(channels)}; use model.padding=1 or larger images")
         self.features = nn.Sequential(*features)
         widths = [in_ch * h * w, *fc, info.num_classes]
         classifier: list[nn.Module] = [nn.Flatten()]

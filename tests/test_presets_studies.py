@@ -106,6 +106,7 @@ def test_weight_vs_unit_network_and_pruning_are_the_studys_code():
 
     from prune_lab.data.splits import DataInfo
     from prune_lab.masks import Mask
+    from prune_lab.pruners.selection import select_mask
 
     info = DataInfo("mnist", (1, 28, 28), 10)
     for arm in ("wvu_weight", "wvu_unit"):
@@ -118,7 +119,7 @@ def test_weight_vs_unit_network_and_pruning_are_the_studys_code():
         names = spec.prunable.names(model)
         assert names == ["net.1.weight", "net.3.weight", "net.5.weight", "net.7.weight"]  # not net.9 (fc5)
         weights = {n: model.get_parameter(n).detach() for n in names}
-        keep = spec.pruner.criterion.compute_mask(weights, Mask.ones(model, names), 0.5).tensors
+        keep = select_mask(spec.pruner.score, spec.pruner.select, weights, Mask.ones(model, names), 0.5).tensors
         for n in names:
             if arm == "wvu_weight":  # half of each hidden layer's weights, as sparsify_by_weights
                 assert int((~keep[n]).sum()) == weights[n].numel() // 2
@@ -153,15 +154,15 @@ def test_fmnist_dynamic_is_the_notebooks_network_and_four_trials():
     assert (t.lr, t.batch_size, t.epochs) == (1.0, 64, 1)
     assert isinstance(t.optimizer(model.parameters(), lr=t.lr), torch.optim.Adadelta)
     pruned = full("fmnist_dynamic", "arm=fmnist_pruned").pruner
-    assert (pruned.criterion.scope, pruned.target, pruned.finetune_epochs) == ("global", 0.3, 0)
+    assert (pruned.select.scope, pruned.target, pruned.finetune_epochs) == ("global", 0.3, 0)
     ticket = full("fmnist_dynamic", "arm=fmnist_lottery_ticket").pruner
     sizes = prunable_sizes(full("fmnist_dynamic", "arm=fmnist_lottery_ticket"), info)
     assert sum(sizes.values()) == 1_199_648
     plan = ticket.plan(sizes)  # one round straight to the notebook's 599,504 weights
     assert len(plan) == 1 and round(plan[0][0] * 1_199_648) == pytest.approx(599_504, abs=60)
-    assert (ticket.scope, ticket.rewind, ticket.reinit) == ("global", "init", "original")
+    assert (ticket.select.scope, ticket.rewind, ticket.reinit) == ("global", "init", "original")
     dynamic = full("fmnist_dynamic", "arm=fmnist_dynamic").pruner
-    assert dynamic.criterion.scope == "global" and dynamic.rate == pytest.approx(0.17, abs=1e-4)
+    assert dynamic.select.scope == "global" and dynamic.rate == pytest.approx(0.17, abs=1e-4)
     assert dynamic.event_steps(938) == [334, 667]  # after batch_index 333 and 666 of the notebook's epoch
     with pytest.raises(UserError, match="shrink to nothing"):
         ConvNet(DataInfo("tiny", (1, 4, 4), 10), channels=[32, 64, "M"], fc=[8], padding=0)

@@ -22,6 +22,7 @@ its run folder.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -37,6 +38,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf, open_dict
+
+from hydra_plugins.prune_lab_launchers import _config  # noqa: F401  (registers hydra/launcher=prune_lab_slurm)
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,6 @@ def _report(failures: list[Failure], total: int, sweep_dir: Path) -> SweepJobsFa
 
 def _error_json(run_dir: Path) -> str | None:
     """The reason prune_lab recorded in the run's error.json, if it wrote one."""
-    import json
-
     try:
         return str(json.loads((run_dir / "error.json").read_text())["error"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -252,6 +253,13 @@ class WarmMixin:
         def progress(outcome: dict[str, Any], done: int, running: int, left: int) -> None:
             nonlocal failed
             failed += outcome.get("status") == "failed"
+            record = {k: v for k, v in outcome.items() if k != "value"}
+            try:  # where each job ran and where its time went (tests, benchmarks)
+                log_dir.mkdir(parents=True, exist_ok=True)
+                with (log_dir / "outcomes.jsonl").open("a") as f:
+                    f.write(json.dumps(record, default=str) + "\n")
+            except (OSError, TypeError, ValueError):
+                pass
             idx = outcome.get("idx")
             what = {"completed": "done", "skipped": "already complete, skipped"}.get(outcome.get("status", ""),
                                                                                       "FAILED")

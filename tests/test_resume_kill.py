@@ -3,7 +3,6 @@ uninterrupted run ends (levels, final weights, metrics), and nothing half-writte
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import ROOT, read_json
+from conftest import ROOT, computed, metrics, read_json  # noqa: F401  (computed: test_resume_pruners)
 
 from prune_lab.results import read_results
 
@@ -42,17 +41,6 @@ def wait_for_any(folder: Path, pattern: str, proc: subprocess.Popen[str], timeou
         assert proc.poll() is None, f"the run ended before {folder / pattern} appeared:\n{proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, f"{folder / pattern} did not appear within {timeout}s"
         time.sleep(0.01)
-
-
-def computed(levels: list[dict]) -> list[dict]:
-    """A run's levels without what is timed (latency_*_ms): everything computed must match bit for bit."""
-    return [{k: v for k, v in level.items() if not k.endswith(("_ms", "_s"))} for level in levels]
-
-
-def metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """metrics.jsonl as (epoch records, level records without timings)."""
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in records if "epoch" in r], computed([r for r in records if "epoch" not in r])
 
 
 def test_kill_9_mid_training_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:

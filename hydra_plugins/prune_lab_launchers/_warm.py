@@ -137,6 +137,7 @@ class WarmPool:
         self.work, self.size, self.threads, self.log_dir, self.lost = work, size, threads, Path(log_dir), lost
         self.gpus = list(gpus or [])
         self.context = multiprocessing.get_context("fork")
+        self.stopping: Callable[[], bool] = lambda: False  # True: start nothing more (the process is being stopped)
 
     def _env(self, number: int) -> dict[str, str]:
         env = {"PRUNE_LAB_THREADS": os.environ.get("PRUNE_LAB_THREADS") or str(self.threads),
@@ -167,7 +168,7 @@ class WarmPool:
         done = 0
 
         def give(worker: _Worker) -> None:
-            if pending:
+            if pending and not self.stopping():
                 worker.task, worker.started = pending.popleft(), time.perf_counter()
                 worker.conn.send(tasks[worker.task])
 
@@ -207,7 +208,7 @@ class WarmPool:
                         finish(worker, self.lost(tasks[worker.task], reason, worker.log_path))
                         workers.remove(worker)
                         worker.conn.close()
-                        if pending:  # a fresh worker for the rest
+                        if pending and not self.stopping():  # a fresh worker for the rest
                             workers.append(self._start(next(numbers)))
                             give(workers[-1])
             for worker in workers:

@@ -26,9 +26,10 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -109,6 +110,13 @@ def _error_json(run_dir: Path) -> str | None:
         return None
 
 
+def _compose(launcher: Any, overrides: Sequence[str]) -> Any:
+    """The job's sweep config, as Hydra's load_sweep_config composes it (fast for jobs differing in values only)."""
+    from hydra_plugins.prune_lab_launchers._compose import composer
+
+    return composer(launcher.hydra_context.config_loader, launcher.config).compose(overrides)
+
+
 def complete_run(cfg: Any) -> bool:
     """Whether the folder of the run composed as `cfg` (a sweep config) holds its results.json, same config hash.
 
@@ -146,7 +154,7 @@ def run_warm_job(launcher: Any, task: tuple[int, list[str], str], info: dict[str
     t0 = time.perf_counter()
     idx, overrides, job_id = task
     assert launcher.hydra_context is not None and launcher.config is not None
-    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    sweep_config = _compose(launcher, overrides)
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = job_id
         sweep_config.hydra.job.num = idx
@@ -236,7 +244,8 @@ class WarmMixin:
     config: Any
 
     def _run_warm(self, tasks: list[tuple[int, list[str], str]], workers: int, threads: int, log_dir: Path,
-                  env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                  env: dict[str, str] | None = None,
+                  stopping: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         import functools
 
         from hydra_plugins.prune_lab_launchers._warm import WarmPool
@@ -272,6 +281,8 @@ class WarmMixin:
                 log.info(line)
 
         pool = WarmPool(functools.partial(run_warm_job, self), workers, threads, log_dir, lost, _visible_gpus())
+        if stopping is not None:
+            pool.stopping = stopping
         if env:
             base = pool._env
             pool._env = lambda number: {**base(number), **env}  # type: ignore[method-assign]
@@ -299,7 +310,7 @@ class BasicLauncher(_HydraBasicLauncher):
             started = idx - initial_job_idx
             log.info(f"\t#{idx} : {' '.join(shown)}  [sweep: {started} done, 1 running, "
                      f"{len(job_overrides) - started - 1} left; {len(failures)} failed]")
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            sweep_config = _compose(self, overrides)
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
@@ -416,7 +427,7 @@ class _Collecting(BaseSubmititLauncher):
         The job would find them too and skip, but only after waiting in the queue and starting Python."""
         try:
             assert self.hydra_context is not None and self.config is not None
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            cfg = _compose(self, overrides)
             return complete_run(cfg)
         except Exception:  # cannot tell here: the job decides
             return False
@@ -461,7 +472,7 @@ class _Collecting(BaseSubmititLauncher):
         """The run folder a job would have written (its config as the job composed it)."""
         try:
             assert self.hydra_context is not None and self.config is not None
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            cfg = _compose(self, overrides)
             return Path(str(cfg.hydra.sweep.dir)).absolute() / str(cfg.hydra.sweep.subdir)
         except Exception:  # only a hint for the report
             return None
@@ -535,7 +546,26 @@ class Pack(WarmMixin):
         print(f"prune_lab: packed task {environment.job_id} (restart {os.environ.get('SLURM_RESTART_COUNT', '0')}): "
               f"{len(tasks)} run(s) on {workers} warm worker(s), {threads} thread(s) each", flush=True)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        outcomes = self._run_warm(tasks, workers, threads, sweep_dir / ".workers" / str(environment.job_id))
+        # Preemption and `scontrol requeue` SIGTERM every process of the task, then SIGKILL it. The workers die
+        # at once; this process (submitit ignores SIGTERM) must not then report their runs as failed: the
+        # requeued task runs the pack again, and its result is the one the launcher collects.
+        stopped: list[int] = []
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            stopped.append(signum)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_term)
+        outcomes = self._run_warm(tasks, workers, threads, sweep_dir / ".workers" / str(environment.job_id),
+                                  stopping=lambda: bool(stopped))
+        if stopped:
+            print("prune_lab: this task is being stopped (preempted or requeued); it reports nothing, and its "
+                  "requeued run skips the finished runs and resumes the others", flush=True)
+            deadline = time.monotonic() + 300  # SLURM's SIGKILL comes KillWait seconds after the SIGTERM
+            while time.monotonic() < deadline:
+                time.sleep(1)
         for outcome in outcomes:
             outcome["job_id"] = environment.job_id
         return outcomes

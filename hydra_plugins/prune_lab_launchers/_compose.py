@@ -46,6 +46,24 @@ class SweepComposer:
         value = override.value()
         return not (isinstance(value, str) and "${" in value) and not isinstance(value, (list, dict))
 
+    def _kind(self, overrides: Sequence[str]) -> tuple[Any, ...] | None:
+        try:
+            parsed = self.parser.parse_overrides(list(overrides))
+            return (tuple(o.input_line for o in parsed if not self._plain(o)),
+                    tuple(o.key_or_group for o in parsed if self._plain(o)))
+        except Exception:
+            return None
+
+    def prepare(self, jobs: Sequence[Sequence[str]]) -> None:
+        """Compose (and check) the first kind of job before forking workers: they inherit it, and compose fast
+        from their first job on instead of each composing and checking it with Hydra."""
+        if not jobs:
+            return
+        kind = self._kind(jobs[0])
+        same = [job for job in jobs if self._kind(job) == kind][:2]
+        for job in same:
+            self.compose(job)
+
     def compose(self, overrides: Sequence[str]) -> Any:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
         from omegaconf import OmegaConf

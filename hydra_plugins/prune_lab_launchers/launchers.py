@@ -280,6 +280,12 @@ class WarmMixin:
             else:
                 log.info(line)
 
+        from hydra_plugins.prune_lab_launchers._compose import composer
+
+        # The workers inherit the first composition, checked against Hydra's; a job whose config does not
+        # compose fails in its worker, with its own message.
+        with contextlib.suppress(Exception):
+            composer(self.hydra_context.config_loader, self.config).prepare([task[1] for task in tasks])
         pool = WarmPool(functools.partial(run_warm_job, self), workers, threads, log_dir, lost, _visible_gpus())
         if stopping is not None:
             pool.stopping = stopping

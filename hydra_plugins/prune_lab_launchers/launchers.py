@@ -182,7 +182,13 @@ def run_warm_job(launcher: Any, task: tuple[int, list[str], str], info: dict[str
             else:
                 value = ret._return_value
         except SystemExit as e:  # prune_lab exits 2 on a config error (its one line is in the .out file)
-            reason = _error_json(run_dir) or f"exited with status {e.code}"
+            out.flush()
+            error_line = _last_line(out_file)
+            if error_line is not None and error_line.startswith("prune_lab: error: "):
+                error_line = error_line[len("prune_lab: error: "):]
+            else:
+                error_line = None
+            reason = _error_json(run_dir) or error_line or f"exited with status {e.code}"
             config_error = e.code == 2
         except Exception as e:  # outside the task (Hydra saving the config...): the job failed, the worker lives
             reason = f"{type(e).__name__}: {e}"

@@ -7,7 +7,8 @@ convnets (Conv-6, ResNet-20 on CIFAR-shaped data), startup, overhead (per job in
 (the default run), sweep_cache (the dense cache's sweep speed-up), payoff (slim vs masked model
 after unit pruning), warm (24 penguin runs and 12 one-epoch MNIST runs through the one-process launcher, warm
 workers and one process per job; the fixed cost per run in a warm worker), slurm_pack (40 penguin runs on the
-test SLURM cluster, packed 10 per task vs a task per run), gpu (only where CUDA is available;
+test SLURM cluster, packed 10 per task vs a task per run), capacity (the parallel CPU the shared machine gives
+now: 2 CPU-bound processes vs 1), gpu (only where CUDA is available;
 otherwise its figures are recorded as not yet measured). Every compared variant runs once per round,
 rounds interleaved; a ratio is the median over rounds of the ratio within a round. The MNIST .gz files
 are copied from --data into a temporary folder (prune_lab unpacks them there).
@@ -36,7 +37,7 @@ from prune_lab.results import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("lenet", "sweep_cache", "startup", "overhead", "convnets", "payoff", "penguins", "warm", "slurm_pack",
-            "gpu")  # most wanted first
+            "capacity", "gpu")  # most wanted first
 
 
 def copy_mnist(data: Path, into: Path) -> Path:
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                 body = runs.penguins_section(args.rounds, log)
             elif section == "warm":
                 body = warm.local_section(data_dir, args.rounds, log, args.quick)
+            elif section == "capacity":
+                body = warm.capacity_section(args.rounds, log)
             elif section == "slurm_pack":
                 body = warm.slurm_section(args.rounds, log, 8 if args.quick else 40, 4 if args.quick else 10)
             elif section == "sweep_cache":

@@ -185,3 +185,25 @@ def slurm_section(rounds: int, log: Callable[[str], None], runs: int = 40, per_t
         row(f"SLURM {runs} penguin runs: identical levels packed and unpacked", float(identical), "bool", "1",
             lambda v: v == 1),
     ], "times_s": times, "command_s": totals, "spread": {k: statistics.pstdev(v) for k, v in times.items()}}
+
+
+SPIN = "import time\nt = time.perf_counter()\nx = 0\nfor i in range(12_000_000):\n    x += i * i\n"
+
+
+def capacity_section(rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """How much parallel CPU this shared machine gives right now: the throughput of 2 CPU-bound processes at
+    once over that of 1 alone (2.0 on 2 idle cores). The yardstick for the warm workers' ratio to the ideal."""
+
+    def spin(n: int) -> Callable[[], float]:
+        def timer() -> float:
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
+            for p in procs:
+                p.wait()
+            return time.perf_counter() - t0
+        return timer
+
+    times = interleave({"1 process": spin(1), "2 processes at once": spin(2)}, rounds, log)
+    capacity = [2 * a / b for a, b in zip(times["1 process"], times["2 processes at once"])]
+    return {"rows": [row("parallel capacity now: throughput of 2 CPU-bound processes / 1 (2.0 = two free cores)",
+                         median(capacity), "x")], "times_s": times}

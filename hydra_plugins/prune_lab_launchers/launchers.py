@@ -17,6 +17,13 @@ after waiting for a slot). They add to the local launcher a cap on how many runs
 pass its own allocation to its runs.
 The runs themselves are unchanged: a requeued job reruns the same arguments, and prune_lab resumes it from
 its run folder.
+
+Many short runs (prune_lab_launchers._warm): `LocalLauncher` runs a sweep in a pool of warm workers
+(`warm: true`, the default; `warm: false` is a process per run as before), and `SlurmLauncher` with
+`runs_per_task: K` packs K runs into each array task (`Pack`), run by such a pool across the task's CPUs;
+submitit's checkpoint/requeue reruns the pack, whose finished runs are skipped and interrupted ones resumed.
+Every launcher composes a sweep's job configs through prune_lab_launchers._compose (Hydra's composition,
+reused for jobs that differ only in plain values).
 """
 
 from __future__ import annotations

@@ -129,3 +129,29 @@ def test_the_package_root_is_this_checkout() -> None:
     code = "import prune_lab, hydra_plugins.prune_lab_launchers as l; print(prune_lab.__file__); print(l.__file__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert all(line.startswith(str(ROOT)) for line in out.split()), out
+
+
+def test_ctrl_c_stops_every_worker_with_one_line_and_the_same_command_resumes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    grid = ["-m", *WARM, f"hydra.sweep.dir={sweep}", "device=cpu", "cache_dir=null", "train.batch_size=16",
+            "train.checkpoint_every_s=0", "train.epochs=300", "train.finetune_epochs=2", "seed=0,1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "prune_lab", *grid], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(sweep.glob("*/checkpoints/dense.partial.pt"))) < 2:  # both workers inside their runs
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the runs never wrote an epoch checkpoint"
+        time.sleep(0.05)
+    pids = [int(re.search(r"\(pid (\d+)\)", p.read_text()).group(1)) for p in sweep.glob("*/__main__.out")]
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert "prune_lab: interrupted; finished work is kept. Resume with: python -m prune_lab -m" in out
+    for pid in pids:  # no worker goes on training after the launcher is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    again = run_cli(*grid, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    for result in results_below(sweep):
+        assert read_json(result)["resumed"], result

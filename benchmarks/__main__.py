@@ -5,7 +5,10 @@
 Sections (all by default): lenet (LeNet-300-100 on real MNIST vs the FLOP bound and the reference loop),
 convnets (Conv-6, ResNet-20 on CIFAR-shaped data), startup, overhead (per job in a local sweep), penguins
 (the default run), sweep_cache (the dense cache's sweep speed-up), payoff (slim vs masked model
-after unit pruning), gpu (only where CUDA is available;
+after unit pruning), warm (24 penguin runs and 12 one-epoch MNIST runs through the one-process launcher, warm
+workers and one process per job; the fixed cost per run in a warm worker), slurm_pack (40 penguin runs on the
+test SLURM cluster, packed 10 per task vs a task per run), capacity (the parallel CPU the shared machine gives
+now: 2 CPU-bound processes vs 1), gpu (only where CUDA is available;
 otherwise its figures are recorded as not yet measured). Every compared variant runs once per round,
 rounds interleaved; a ratio is the median over rounds of the ratio within a round. The MNIST .gz files
 are copied from --data into a temporary folder (prune_lab unpacks them there).
@@ -27,13 +30,14 @@ from typing import Any
 
 import torch
 
-from benchmarks import runs, training_speed
+from benchmarks import runs, training_speed, warm
 from benchmarks.training_speed import row
 from prune_lab.data.splits import Splits, TensorSet
 from prune_lab.results import versions
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("lenet", "sweep_cache", "startup", "overhead", "convnets", "payoff", "penguins", "gpu")  # most wanted first
+SECTIONS = ("lenet", "sweep_cache", "startup", "overhead", "convnets", "payoff", "penguins", "warm", "slurm_pack",
+            "capacity", "gpu")  # most wanted first
 
 
 def copy_mnist(data: Path, into: Path) -> Path:
@@ -120,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         "versions": versions(), "rounds": args.rounds, "sections": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = copy_mnist(args.data, Path(tmp) / "data") if {"lenet", "sweep_cache", "gpu"} & set(args.only) \
-            else None
+        mnist = {"lenet", "sweep_cache", "gpu", "warm"} & set(args.only)
+        data_dir = copy_mnist(args.data, Path(tmp) / "data") if mnist else None
         for section in args.only:
             log(f"== {section}  (load average {os.getloadavg()[0]:.1f})")
             t0 = time.perf_counter()
@@ -137,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
                 body = training_speed.payoff_section(args.rounds, log)
             elif section == "penguins":
                 body = runs.penguins_section(args.rounds, log)
+            elif section == "warm":
+                body = warm.local_section(data_dir, args.rounds, log, args.quick)
+            elif section == "capacity":
+                body = warm.capacity_section(args.rounds, log)
+            elif section == "slurm_pack":
+                body = warm.slurm_section(args.rounds, log, 8 if args.quick else 40, 4 if args.quick else 10)
             elif section == "sweep_cache":
                 body = runs.sweep_cache_section(data_dir, max(1, args.rounds - 1), log,
                                                 subset=2000 if args.quick else None)

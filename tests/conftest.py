@@ -96,6 +96,31 @@ def job_from_config(folder: Path, *overrides: str) -> RecordingJob:
     return job
 
 
+# The SLURM tests' launcher settings: tiny penguin runs on the CPU, one thread each, so several jobs share the machine.
+ON_CPU = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+          "hydra.launcher.timeout_min=10", "device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The real single-node test cluster (slurm/start_local_cluster.sh): started once per session.
+
+    Outside CI, without root or apt the tests skip and say why; in CI (CI=true) they fail instead."""
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    give_up = pytest.fail if in_ci else pytest.skip
+    if os.geteuid() != 0:
+        give_up("the SLURM tests start a local cluster with slurm/start_local_cluster.sh, which needs root")
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        give_up("the SLURM tests need Debian/Ubuntu (apt-get) to install a local cluster, or SLURM installed")
+    try:
+        done = subprocess.run([str(ROOT / "slurm" / "start_local_cluster.sh")], capture_output=True, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        give_up("slurm/start_local_cluster.sh did not finish within 15 minutes")
+    if done.returncode != 0:
+        give_up(f"slurm/start_local_cluster.sh could not start the cluster:\n{done.stderr[-3000:]}")
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 

@@ -1,6 +1,6 @@
 """multirun_analysis on a sweep that ran on the real single-node SLURM cluster (marker `slurm`).
 
-The cluster fixture is test_slurm.py's (it starts slurm/start_local_cluster.sh, or skips outside CI).
+The cluster fixture is conftest.py's (it starts slurm/start_local_cluster.sh, or skips outside CI).
 """
 
 from __future__ import annotations
@@ -8,15 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from test_slurm import ON_CPU, slurm_cluster  # noqa: F401  (the session fixture that starts the cluster)
+from conftest import ON_CPU, run_cli
 
 from multirun_analysis import load_sweep
 
 pytestmark = pytest.mark.slurm
 
 
-def test_a_slurm_sweep_with_failed_jobs_is_read_like_a_local_one(slurm_cluster, tmp_path: Path):  # noqa: F811
+def test_a_slurm_sweep_with_failed_jobs_is_read_like_a_local_one(slurm_cluster, tmp_path: Path):
     sweep = tmp_path / "sweep"
     env = {"OMP_NUM_THREADS": "1", "PRUNE_LAB_CACHE_DIR": str(tmp_path / "cache")}
     done = run_cli("-m", f"hydra.sweep.dir={sweep}", *ON_CPU, "init=xavier_normal,kaiming_uniform", "seed=0,1",

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA, computed, read_json, results_below, run_cli, write_cifar10_files
-from test_slurm import slurm_cluster  # noqa: F401  (the fixture that starts the real test cluster)
 
 from prune_lab.data.torchvision_sets import idx_problem
 

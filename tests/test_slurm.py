@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,32 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, computed, metrics, read_json, results_below, run_cli
+from conftest import ON_CPU, ROOT, computed, metrics, read_json, results_below, run_cli
 
 pytestmark = pytest.mark.slurm
 
-START = ROOT / "slurm" / "start_local_cluster.sh"
 SUBMIT = ROOT / "slurm" / "submit_sweep.sh"
-ON_CPU = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-          "hydra.launcher.timeout_min=10", "device=cpu"]
 TINY = ["train.epochs=3", "train.finetune_epochs=2"]
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    give_up = pytest.fail if in_ci else pytest.skip
-    if os.geteuid() != 0:
-        give_up("the SLURM tests start a local cluster with slurm/start_local_cluster.sh, which needs root")
-    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
-        give_up("the SLURM tests need Debian/Ubuntu (apt-get) to install a local cluster, or SLURM installed")
-    try:
-        done = subprocess.run([str(START)], capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        give_up("slurm/start_local_cluster.sh did not finish within 15 minutes")
-    if done.returncode != 0:
-        give_up(f"slurm/start_local_cluster.sh could not start the cluster:\n{done.stderr[-3000:]}")
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.utils import instantiate
 
+import prune_lab.config  # noqa: F401  (registers the resolvers the configs use: the tests compose without the CLI)
+
 PROFILES = sorted(p.stem for p in (ROOT / "conf" / "hydra" / "launcher").glob("*.yaml"))
 SLURM_PROFILES = [p for p in PROFILES if p.startswith("slurm")]
 
@@ -62,9 +64,11 @@ def test_gpu_profile_asks_for_one_gpu_by_gres_and_the_command_line_overrides_it(
 
 
 @pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`
-def test_local_profile_keeps_every_result_when_one_job_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("warm", [True, False])
+def test_local_profile_keeps_every_result_when_one_job_fails(tmp_path: Path, warm: bool) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli("-m", "hydra/launcher=local", "hydra.launcher.parallelism=2", "hydra.launcher.gpus_per_node=0",
+                   f"hydra.launcher.warm={str(warm).lower()}",
                    f"hydra.sweep.dir={sweep}", "sparsity=0.5,1.5", "train.epochs=2", "train.finetune_epochs=1",
                    "device=cpu", cwd=tmp_path, env={"OMP_NUM_THREADS": "1",
                                                     "PRUNE_LAB_CACHE_DIR": str(tmp_path / "cache")})
@@ -72,7 +76,18 @@ def test_local_profile_keeps_every_result_when_one_job_fails(tmp_path: Path) -> 
     report = done.stdout + done.stderr
     assert "1 of 2 sweep job(s) failed; the other 1 finished" in report, report[-3000:]
     assert "sweep: 2 done, 0 running, 0 left; 1 failed" in report  # where the sweep stands, as jobs end
-    (err_log,) = set(re.findall(r"log: (\S+_log\.err)", report))  # as it failed, and in the final summary
+    # warm workers: the run's own console log in its folder; one process per job: submitit's .err of the job
+    (err_log,) = set(re.findall(r"log: (\S+__main__\.out)" if warm else r"log: (\S+_log\.err)", report))
     assert "sparsity=1.5 is outside [0, 1)" in Path(err_log).read_text()
     assert re.search(r"run folder: \S+sparsity=1\.5", report)
     assert [read_json(p)["target_sparsity"] for p in results_below(sweep)] == [0.5]
+
+
+def test_packing_auto_fills_each_task_and_keeps_the_array_within_array_parallelism(tmp_path: Path) -> None:
+    slurm = launcher("slurm_cpu", tmp_path, "hydra.launcher.cpus_per_task=4", "hydra.launcher.array_parallelism=10")
+    assert slurm._packed(8) == 4  # few runs: one per worker of a task (4 CPUs: 4 workers)
+    assert slurm._packed(1000) == 100  # many: 10 tasks at once run them all
+    assert launcher("slurm_cpu", tmp_path, "hydra.launcher.runs_per_task=7")._packed(1000) == 7
+    assert launcher("slurm_gpu", tmp_path)._packed(1000) == 1  # the GPU profile does not pack unless asked
+    lines = sbatch_lines("slurm_cpu", tmp_path, "hydra.launcher.runs_per_task=10")
+    assert not any("runs_per_task" in line or "workers_per_task" in line for line in lines)  # ours, not sbatch's

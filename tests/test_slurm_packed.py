@@ -46,7 +46,7 @@ def launch(sweep: Path, tmp_path: Path, env: dict[str, str], *args: str) -> subp
 def test_a_packed_task_requeued_mid_way_finishes_every_run_once_with_the_unpacked_results(
         slurm_cluster: None, tmp_path: Path, env: dict[str, str], how: str) -> None:
     name = f"pack_{how}_{uuid.uuid4().hex[:6]}"
-    epochs, finetune = 150, 10
+    epochs, finetune = 200, 10
     grid = ["seed=0,1,2,3", "sparsity=0.6", f"train.epochs={epochs}", f"train.finetune_epochs={finetune}",
             "train.batch_size=16", "train.checkpoint_every_s=0"]
     packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
@@ -56,11 +56,20 @@ def test_a_packed_task_requeued_mid_way_finishes_every_run_once_with_the_unpacke
     reference = launch(unpacked, tmp_path, {**env, "PRUNE_LAB_CACHE_DIR": str(tmp_path / "cache_ref")}, *PACKED,
                        "hydra.launcher.runs_per_task=1", "hydra.launcher.cpus_per_task=1",
                        f"hydra.launcher.name={name}_ref", *grid)
-    # Mid-way: at least one run finished, and one not finished is inside its training, with a checkpoint.
+    # Mid-way: at least one run finished, and one not finished is early in its dense training (at most a third
+    # of its epochs done, so that it cannot finish before the signal lands), with an epoch checkpoint.
+    def early(run_dir: Path) -> bool:
+        try:
+            done = (run_dir / "metrics.jsonl").read_text().count('"phase": "dense"')
+        except OSError:
+            return False
+        return 0 < done <= epochs // 3
+
     deadline = time.monotonic() + 400
     while True:
         finished = [p.parent for p in results_below(packed)]
-        under_way = [p for p in packed.glob("*/checkpoints/*.partial.pt") if p.parent.parent not in finished]
+        under_way = [p for p in packed.glob("*/checkpoints/dense.partial.pt")
+                     if p.parent.parent not in finished and early(p.parent.parent)]
         if finished and under_way:
             break
         assert proc.poll() is None, proc.stdout.read()[-3000:]

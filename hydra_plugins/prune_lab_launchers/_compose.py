@@ -102,8 +102,10 @@ class SweepComposer:
         return cfg
 
     def _hydra(self, overrides: Sequence[str]) -> Any:
-        self.full += 1
-        return self.loader.load_sweep_config(self.master, list(overrides))
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        self.full += 1  # Hydra's own, also when the loader is a FastSweepLoader
+        return ConfigLoaderImpl.load_sweep_config(self.loader, self.master, list(overrides))
 
 
 _COMPOSERS: dict[int, SweepComposer] = {}
@@ -115,3 +117,35 @@ def composer(loader: Any, master: Any) -> SweepComposer:
     if key not in _COMPOSERS:
         _COMPOSERS[key] = SweepComposer(loader, master)
     return _COMPOSERS[key]
+
+
+def _fast_loader_class() -> type:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    class FastSweepLoader(ConfigLoaderImpl):
+        """Hydra's config loader whose load_sweep_config goes through the sweep's SweepComposer.
+
+        Hydra's sweeper composes every job once to validate the batch before launching (serially, in the
+        launching process); with this loader that validation also fills the composer, which the warm
+        workers then inherit."""
+
+        def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
+            return composer(self, master_config).compose(sweep_overrides)
+
+    FastSweepLoader.__module__ = __name__
+    FastSweepLoader.__qualname__ = "FastSweepLoader"
+    return FastSweepLoader
+
+
+def make_fast(loader: Any) -> None:
+    """Swap a Hydra ConfigLoaderImpl for FastSweepLoader in place (same state; picklable by reference)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    if type(loader) is ConfigLoaderImpl:
+        loader.__class__ = FastSweepLoader
+
+
+try:  # defined at import so that pickles (a launcher sent to a SLURM task) find it by name
+    FastSweepLoader = _fast_loader_class()
+except ImportError:  # Hydra missing: nothing to speed up
+    FastSweepLoader = None  # type: ignore[assignment,misc]

@@ -308,11 +308,23 @@ class WarmMixin:
         return pool.run(tasks, progress)
 
 
+def _fast_setup(hydra_context: Any) -> None:
+    """Every sweep config of this run composed through the fast composer, Hydra's validation included."""
+    from hydra_plugins.prune_lab_launchers._compose import make_fast
+
+    with contextlib.suppress(Exception):  # not Hydra's own loader: it composes as it does
+        make_fast(hydra_context.config_loader)
+
+
 class BasicLauncher(_HydraBasicLauncher):
     """Hydra's one-process launcher, but every job runs and every failure is reported at the end.
 
     A job that exits (prune_lab exits with status 2 on a config error) or raises is recorded as failed
     and the sweep goes on; Ctrl-C still stops the whole sweep."""
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        _fast_setup(hydra_context)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -366,6 +378,10 @@ class BasicLauncher(_HydraBasicLauncher):
 
 
 class _Collecting(BaseSubmititLauncher):
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        _fast_setup(hydra_context)
+
     def executor(self) -> tuple[Any, int | None]:
         """submitit's executor set up from the profile (as the plugin does), and the cap on parallel local runs."""
         import submitit  # lazy, as in the plugin: keeps Hydra's plugin discovery fast

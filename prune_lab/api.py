@@ -70,7 +70,6 @@ class Run:
         eval mode). The dataset is loaded for its shapes (and a graph's adjacency), as the run did."""
         from hydra.utils import instantiate
 
-
         net = instantiate(self.config["model"], _convert_="all")(self._data().info)
         net.load_state_dict(self.state_dict())
         return net.eval()
@@ -128,13 +127,11 @@ def prepare(*overrides: str, run_dir: str | Path, config_dir: str | Path | None 
     what the pruner does. Results files are not written; `run` does that."""
     from prune_lab.__main__ import build_job
     from prune_lab.config import compose_run
-
-    cfg, choices = compose(*overrides, config_dir=config_dir)
-    spec = compose_run(cfg, choices)
-    folder = Path(run_dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     from prune_lab.job import Job
 
+    spec = compose_run(*compose(*overrides, config_dir=config_dir))
+    folder = Path(run_dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     return spec, build_job(spec, folder, job_type or Job)
 
 

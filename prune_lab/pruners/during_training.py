@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -24,7 +24,7 @@ from prune_lab.pruners.base import Pruner, check_scored, check_sparsity
 from prune_lab.pruners.scores import Score
 from prune_lab.pruners.selection import Selection, Shapes
 from prune_lab.pruners.teacher import teacher_before_pruning
-from prune_lab.training import StepHook, per_epoch
+from prune_lab.training import StepHook, combine, per_epoch
 
 if TYPE_CHECKING:
     from prune_lab.job import Job
@@ -38,27 +38,16 @@ def check_fraction(value: object, key: str) -> float:
 
 class ScheduledPruning(StepHook):
     """The step hook of pruning during training: at each step the schedule names, select to its target by the
-    score; the score's observer (if any) sees every step first, and its state is this hook's."""
+    score, among the weights of the mask in force. Stateless: a score's observer runs beside it (`combine`)."""
 
-    def __init__(self, pruner: PruneWhileTraining, job: Job, observer: StepHook | None):
-        self.pruner, self.job, self.observer = pruner, job, observer
-
-    def after_backward(self, model: nn.Module) -> None:
-        if self.observer is not None:
-            self.observer.after_backward(model)
+    def __init__(self, pruner: PruneWhileTraining, job: Job):
+        self.pruner, self.job = pruner, job
 
     def after_step(self, step: int, total: int, model: nn.Module, mask: Mask) -> Mask | None:
         target = self.pruner.target_at(step, total)
         if target is None:
             return None
         return self.pruner.select.select(self.pruner.score, self.job.score_inputs("prune", step, mask=mask), target)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.observer.state_dict() if self.observer is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.observer is not None:
-            self.observer.load_state_dict(state)
 
 
 @dataclass
@@ -101,7 +90,8 @@ class PruneWhileTraining(Pruner):
         first = self.target_at(0, total)  # a schedule may start before the first step
         if first:
             job.set_mask(self.select.select(self.score, job.score_inputs("prune", 0), first))
-        hook = ScheduledPruning(self, job, self.score.observer(job.model, job.prunable))
+        # The observer first: its after_backward has added this step before the pruning hook reads the scores.
+        hook = combine(self.score.observer(job.model, job.prunable), ScheduledPruning(self, job))
         job.train("pruning", self.epochs, on_step=hook, loss_fn=self.distill.loss_fn(teacher))
         steps = [s for s, _ in self.schedule(total)]
         job.evaluate("pruned", self.final_sparsity, total_steps=total, prune_events=len(steps),

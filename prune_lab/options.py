@@ -31,11 +31,13 @@ def description(path: Path) -> str:
 
 def groups(conf: Path) -> dict[str, list[Path]]:
     """{"dataset": [cifar10.yaml, ...], "pruner/score": [...]}: folders of YAML files, minus the internal ones
-    (inside size/)."""
+    (inside size/, and the recipes, which follow model=)."""
     found: dict[str, list[Path]] = {}
     for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):
         options = sorted(folder.glob("*.yaml"))
-        internal = folder.relative_to(conf).parts[:1] == ("size",) and folder != conf / "size"
+        top = folder.relative_to(conf).parts[:1]
+        # size/<study>/ is chosen by the presets, recipe/ follows model= (and pruner=): neither is a user's choice
+        internal = (top == ("size",) and folder != conf / "size") or top == ("recipe",)
         if options and not internal:
             found[folder.relative_to(conf).as_posix()] = options
     return found

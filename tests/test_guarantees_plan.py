@@ -112,7 +112,7 @@ def test_defaults_are_the_lottery_ticket_papers():
     ({"layer_rates": {"a*": 1.0}}, r"^pruner.layer_rates.a\*=1.0 must be a fraction"),
     ({"select": Unstructured("global"), "layer_rates": {"a": 0.3}},
      r"^pruner.layer_rates needs pruner.select.scope=layerwise \(unstructured; global and unit selection have no "
-     r"layer rates\)$"),
+     r"layer rates\); or drop them with pruner.layer_rates=null$"),
     ({"select": Units(), "layer_rates": {"a": 0.3}}, r"^pruner.layer_rates needs pruner.select.scope=layerwise"),
     ({"reinit": "random"}, "^" + re.escape(
         "pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains the ticket's mask "

@@ -228,21 +228,27 @@ def test_synflow_touches_no_data(tmp_path: Path, method: str, data_free: bool):
 
 
 def test_grasp_scores_are_weights_times_hessian_gradient_product(tmp_path: Path):
+    """w * (H g) as the authors' code computes it: the batch in two halves, g and H g each summed over them."""
     job = job_from_config(tmp_path, "pruner=grasp")
     model, data, names = job.model, job.data, job.prunable
     grasp = GraSP(batches=1, batch_size=len(data.train))  # one batch: the whole training set
     scores = grasp.weights(ScoreInputs(model, job.mask, data, torch.Generator().manual_seed(0)))
     params = dict(model.named_parameters())
     w0 = tuple(params[n].detach() for n in names)
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))  # the batch drawn
+    half = len(order) // 2
+    halves = [order[:half], order[half:]]
 
-    def loss(*ws):
+    def loss(idx, *ws):
         out = functional_call(model, {**{k: v.detach() for k, v in params.items()}, **dict(zip(names, ws))},
-                              (data.train.x,))
-        return F.cross_entropy(out / grasp.temperature, data.train.y)
+                              (data.train.x[idx],))
+        return F.cross_entropy(out / grasp.temperature, data.train.y[idx])
 
     ws = tuple(w.clone().requires_grad_() for w in w0)
-    g = torch.autograd.grad(loss(*ws), ws)
-    _, hg = torch.autograd.functional.hvp(loss, w0, tuple(x.detach() for x in g))
+    g = [sum(parts) for parts in zip(*(torch.autograd.grad(loss(idx, *ws), ws) for idx in halves))]
+    hg = [sum(parts) for parts in zip(*(
+        torch.autograd.functional.hvp(lambda *w, idx=idx: loss(idx, *w), w0, tuple(x.detach() for x in g))[1]
+        for idx in halves))]
     for n, w, h in zip(names, w0, hg):
         torch.testing.assert_close(scores[n], w * h, rtol=1e-4, atol=1e-9)
 

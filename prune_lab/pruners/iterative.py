@@ -111,6 +111,7 @@ class Iterative(Pruner):
     rewind: str = "init"
     reinit: str = "original"
     controls: list[str] = field(default_factory=list)  # of CONTROLS, run beside every round
+    start_at_step_zero: bool = False  # randomly_reinitialize from step 0, not the rewind step (OpenLTH's flag)
     distill: Distillation = field(default_factory=Distillation)
 
     def __post_init__(self) -> None:
@@ -122,7 +123,7 @@ class Iterative(Pruner):
                             for k, v in (self.layer_rates or {}).items()}
         if self.layer_rates and not self.select.takes_layer_targets():
             raise UserError("pruner.layer_rates needs pruner.select.scope=layerwise (unstructured; global and unit "
-                            "selection have no layer rates)")
+                            "selection have no layer rates); or drop them with pruner.layer_rates=null")
         if self.reinit == "random":
             raise UserError("pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains "
                             "the ticket's mask from a fresh init (pruner.controls=[randomly_reinitialize]); "
@@ -140,6 +141,8 @@ class Iterative(Pruner):
         if self.rewind_at != ("step", 0) and self.reinit != "original":
             raise UserError(f"pruner.rewind={self.rewind} rewinds survivors, which needs "
                             f"pruner.reinit=original (got {self.reinit}); or set pruner.rewind=init")
+        if not isinstance(self.start_at_step_zero, bool):
+            raise UserError(f"pruner.start_at_step_zero={self.start_at_step_zero!r} must be true or false")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise UserError(f"pruner.epochs={self.epochs!r} must be a whole number of epochs per round")
 
@@ -225,7 +228,9 @@ class Iterative(Pruner):
                 else:  # randomly_prune: the ticket's per-layer sparsities at random places, the rewind point
                     job.set_mask(shuffled(job.mask, job.generator("randomly_prune", r)))
                     job.rewind(rewind_point)
-                start = rewind_step if control == "randomly_prune" else 0  # from the ticket's rewind point
+                # OpenLTH's branches: both start at the ticket's rewind step (randomly_reinitialize at step 0
+                # only with start_at_step_zero), so a control has the ticket's training budget.
+                start = 0 if control == "randomly_reinitialize" and self.start_at_step_zero else rewind_step
                 job.train(f"{control}-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start)
                 job.evaluate(f"{control}-{r}", overall, round=r, branch=control, rewind=self.rewind)
 

@@ -120,6 +120,21 @@ def _masked_copy(model: nn.Module, mask: Mask, dtype: torch.dtype | None = None)
     return clone, [params[n] for n in mask.names()]
 
 
+BATCH_NORM_MODES = ("eval", "train")
+
+
+def _check_batch_norm(batch_norm: object) -> None:
+    if batch_norm not in BATCH_NORM_MODES:
+        raise UserError(f"pruner.score.batch_norm={batch_norm!r} must be one of {BATCH_NORM_MODES}")
+
+
+def _scoring_mode(clone: nn.Module, batch_norm: str) -> None:
+    """Batch norm while a score runs the network: `eval` (running statistics; SNIP's authors' code scores with
+    `is_train: False`) or `train` (each batch's own statistics; GraSP's authors' code leaves the model in train
+    mode). Only the copy changes mode: the model's running statistics are never updated by scoring."""
+    clone.train(batch_norm == "train")
+
+
 def _check_batches(batches: object) -> int:
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise UserError(f"pruner.score.batches={batches!r} must be a positive number of training batches")
@@ -145,12 +160,15 @@ class SNIP(Score):
     needs_data: ClassVar[bool] = True
     batches: int = 1  # SNIP scores one mini-batch
     batch_size: int = 128
+    batch_norm: str = "eval"  # the authors' code (namhoonlee/snip-public) scores with is_train: False
 
     def __post_init__(self) -> None:
         _check_batches(self.batches)
+        _check_batch_norm(self.batch_norm)
 
     def weights(self, inputs: ScoreInputs) -> Scores:
         clone, weights = _masked_copy(inputs.network(), inputs.mask)
+        _scoring_mode(clone, self.batch_norm)
         for x, y in inputs.batches(self.batches, self.batch_size):
             F.cross_entropy(clone(x), y).backward()  # gradients add up over the batches
         return {n: (w.grad * w).detach().abs() for n, w in zip(inputs.mask.names(), weights)}
@@ -158,17 +176,26 @@ class SNIP(Score):
 
 @dataclass(frozen=True)
 class GraSP(Score):
+    """As the authors' code (alecwangcq/GraSP, pruner/GraSP.py) computes it: each scored batch is split into two
+    halves, g is the sum of the halves' gradients and H g the sum of the halves' Hessian-vector products. Without
+    batch norm in train mode that is 4x the whole batch's w * (H g): the same ranking. With it, each half is
+    normalised by its own statistics, as in the authors' code."""
+
     needs_data: ClassVar[bool] = True
     batches: int = 1
     batch_size: int = 128
     temperature: float = 200.0  # logits / T before the loss, as in the authors' code: keeps H g informative
+    batch_norm: str = "train"  # the authors' code leaves the network in train mode while it scores
 
     def __post_init__(self) -> None:
         _check_batches(self.batches)
+        _check_batch_norm(self.batch_norm)
 
     def weights(self, inputs: ScoreInputs) -> Scores:
         clone, weights = _masked_copy(inputs.network(), inputs.mask)
-        batches = list(inputs.batches(self.batches, self.batch_size))
+        _scoring_mode(clone, self.batch_norm)
+        batches = [(x[half], y[half]) for x, y in inputs.batches(self.batches, self.batch_size)
+                   for half in (slice(None, len(y) // 2), slice(len(y) // 2, None)) if len(y[half])]
         g = [torch.zeros_like(w) for w in weights]
         for x, y in batches:  # g = dL/dw, no graph
             grads = torch.autograd.grad(F.cross_entropy(clone(x) / self.temperature, y), weights)

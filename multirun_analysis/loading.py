@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from prune_lab import bookkeeping
+from prune_lab.record import artifact_problem, check_record
 
 RESULTS, ERROR, METRICS = "results.json", "error.json", "metrics.jsonl"
 RUN_MARKERS = frozenset((".hydra", RESULTS, ERROR, METRICS, "checkpoints"))
@@ -166,17 +167,11 @@ def read_run(root: str, run_dir: str) -> dict[str, Any]:
         record = json.loads(text)
     except ValueError as e:
         return problem("corrupt", f"results.json is not valid JSON ({e})")
-    levels = record.get("levels") if isinstance(record, dict) else None
-    if not isinstance(record, dict) or record.get("status") != "ok" or not isinstance(levels, list) or not levels:
-        status = record.get("status") if isinstance(record, dict) else type(record).__name__
-        n_levels = len(levels) if isinstance(levels, list) else 0
-        return problem("corrupt", f"results.json has status {status!r} and {n_levels} levels")
-    seed = record.get("seed")
-    if seed is not None and not (_number(seed) and float(seed).is_integer()):
-        return problem("corrupt", f"results.json has seed {seed!r}, not an integer")
-    config = record.get("config") or {}
-    if not isinstance(config, dict):
-        return problem("corrupt", f"results.json has a config of type {type(config).__name__}, not an object")
+    # the one record contract (prune_lab.record): what the rerun calls complete is what this reads as complete
+    bad = check_record(record) or artifact_problem(Path(run_dir), record)
+    if bad:
+        return problem("corrupt", bad)
+    levels, seed, config = record["levels"], record["seed"], record["config"]
     overrides = record.get("overrides") if isinstance(record.get("overrides"), list) else []
     overrides = override_keys([o for o in overrides if isinstance(o, str)])
     settings = bookkeeping.flatten(bookkeeping.condition_config(config))
@@ -192,6 +187,9 @@ def read_run(root: str, run_dir: str) -> dict[str, Any]:
         "config_hash": record.get("config_hash"),
         "condition_key": condition_key(config) if config else "overrides:" + json.dumps(settings, sort_keys=True),
         "git_commit": versions.get("git_commit"),
+        # the code digest (prune_lab's source and every _target_'s code; schema 2), else prune_lab's version:
+        # what tells two runs' code apart when there is no git checkout (a pip install)
+        "code": versions.get("code") or (f"prune_lab {versions['prune_lab']}" if versions.get("prune_lab") else None),
         "torch_version": versions.get("torch"),
         # the configured epochs ("train.epochs=5, train.finetune_epochs=2, ..."): a curve's runs must agree
         "budget": ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k.endswith("epochs")),
@@ -200,12 +198,11 @@ def read_run(root: str, run_dir: str) -> dict[str, Any]:
     }
     rows, layer_rows = [], []
     for i, level in enumerate(levels):
-        if not isinstance(level, dict):
-            return problem("corrupt", f"level {i} of results.json is not an object")
         fields = _level_fields(level)
         bad = _not_a_number(fields)
         if bad:
             return problem("corrupt", f"level {i} of results.json has {bad}, not a number")
+        fields["off_target"] = level.get("off_target") is True  # whole units missed the target: the level says so
         fields["level_name"] = fields.pop("name", None)
         branch = fields.pop("branch", None)
         fields["branch"] = str(branch) if branch is not None else MAIN_BRANCH
@@ -383,7 +380,7 @@ def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], workers: i
 def run_columns(runs: pd.DataFrame) -> list[str]:
     """The columns of `runs` that describe the run, not one of its levels (same value on every level row)."""
     fixed = ["sweep", "run", "run_dir", *CHOICES, "seed", "run_target_sparsity", "config_hash", "condition",
-             "condition_key", "git_commit", "torch_version", "budget"]
+             "condition_key", "code", "git_commit", "torch_version", "budget"]
     swept = [c for c in runs.columns if c not in fixed and c in set(runs.attrs.get("swept", []))]
     return [c for c in fixed if c in runs.columns] + swept
 

@@ -38,7 +38,8 @@ CAVEAT = (
     "Wilcoxon p-values beside them are uncorrected and cannot reach 0.05 with fewer than 6 seeds."
 )
 # Checks of a curve: run columns that must agree between the runs averaged into one curve.
-SAME_WITHIN_CURVE = {"git_commit": "code version (git commit)", "torch_version": "torch version",
+SAME_WITHIN_CURVE = {"code": "code (digest of prune_lab's source and the model's code, or prune_lab's version)",
+                     "git_commit": "code version (git commit)", "torch_version": "torch version",
                      "budget": "configured training budget"}
 
 
@@ -125,6 +126,11 @@ def trust_flags(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
             values = sorted(part[col].dropna().map(str).unique()) if col in part else []
             if len(values) > 1:
                 lines.append(f"- ⚠ **{name}**: its runs have different {what}: {', '.join(values)}.")
+        unknown = part.drop_duplicates("run_dir")[["code", "git_commit"]].isna().all(axis=1).sum() \
+            if {"code", "git_commit", "run_dir"} <= set(part.columns) else 0
+        if unknown:
+            lines.append(f"- ⚠ **{name}**: {unknown} of its runs record no code version (no code digest, no git "
+                         "commit): whether its runs share one code version cannot be checked.")
         if "epochs_trained" in part:
             spread = part.groupby(LEVEL)["epochs_trained"].agg(lambda v: sorted(v.dropna().unique()))
             for level, values in spread.items():

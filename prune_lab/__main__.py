@@ -8,32 +8,36 @@ skips finished runs and resumes interrupted ones.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from prune_lab.bookkeeping import experiment_config, flatten
 from prune_lab.cache import DenseCache, load_once
 from prune_lab.collapse import refuse_certain_collapse
 from prune_lab.config import CONF_DIR, RunSpec, compose_run
-from prune_lab.errors import UserError
+from prune_lab.errors import FolderTaken, UserError
 from prune_lab.guard import WHERE, guarded
 from prune_lab.job import Job
 from prune_lab.loggers import Trackers
 from prune_lab.objectives import build_objective
 from prune_lab.progress import Fanout, Progress
+from prune_lab.record import RESULTS, inspect
 from prune_lab.results import (
     METRICS,
     MetricsLog,
+    code_digest,
     now,
     read_results,
     versions,
@@ -42,7 +46,7 @@ from prune_lab.results import (
     write_results,
 )
 from prune_lab.seeding import generator, seed_everything
-from prune_lab.storage import PhaseStore, clean_leftovers
+from prune_lab.storage import PhaseStore, atomic_write_bytes, clean_leftovers, set_aside
 from prune_lab.threads import apply_threads
 
 # Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
@@ -83,26 +87,57 @@ def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device
     params = dict(model.named_parameters())
     spec.pruner.check({n: tuple(params[n].shape) for n in prunable}, data)  # unreachable target, unfit score
     refuse_certain_collapse({n: params[n].numel() for n in prunable}, spec.config.get("pruner") or {})
-    store = PhaseStore(run_dir / "checkpoints", spec.config_hash)
+    store = PhaseStore(run_dir / "checkpoints", spec.config_hash, code_digest(spec.config))
     metrics = MetricsLog(run_dir / METRICS)
     return job_type(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache,
                     measure=spec.measure, tickets=run_dir / "tickets" if spec.keep_tickets else None)
 
 
-def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """seed -> data -> model -> init -> (the pruner's schedule of train / prune / evaluate) -> results."""
-    started, t0 = now(), time.perf_counter()
-    done = read_results(run_dir)
+def claim(spec: RunSpec, run_dir: Path) -> dict[str, Any] | None:
+    """The complete record of this very run (skip it), or None once the folder is this run's to write.
+
+    A folder holding another configuration's results or checkpoints is refused (FolderTaken) before anything is
+    written into it; a results.json of this run that breaks the record contract (prune_lab.record) is moved
+    aside with one line, and the run is done again."""
+    done, problem = inspect(run_dir)
     if done is not None:
-        if done.get("config_hash") == spec.config_hash:
-            print(f"prune_lab: {run_dir} is already complete (config {spec.config_hash}); skipping")
-            clean_leftovers(run_dir, keep_checkpoints=spec.keep_checkpoints)  # of a kill during the last writes
-            return done
-        raise UserError(
-            f"{run_dir} holds results of another configuration "
-            f"({differing_keys(done.get('config') or {}, spec.config)}); "
-            "use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it"
-        )
+        if done.get("config_hash") != spec.config_hash:
+            raise FolderTaken(
+                f"{run_dir} holds results of another configuration "
+                f"({differing_keys(done.get('config') or {}, spec.config)}); "
+                "use a new folder (hydra.run.dir=... / hydra.sweep.dir=...) or delete it")
+        recorded, code = (done.get("versions") or {}).get("code"), code_digest(spec.config)
+        other = f"; it ran other code ({recorded}, this is {code}): delete it to rerun" if recorded != code else ""
+        print(f"prune_lab: {run_dir} is already complete (config {spec.config_hash}{other}); skipping")
+        clean_leftovers(run_dir, keep_checkpoints=spec.keep_checkpoints)  # of a kill during the last writes
+        return done
+    if problem is not None:
+        try:
+            recorded_hash = json.loads((run_dir / RESULTS).read_bytes()).get("config_hash")
+        except (OSError, ValueError, AttributeError):
+            recorded_hash = None
+        if isinstance(recorded_hash, str) and recorded_hash != spec.config_hash:
+            raise FolderTaken(f"{run_dir} holds results of another configuration (hash {recorded_hash}; its "
+                              f"results.json is damaged: {problem}); use a new folder (hydra.run.dir=... / "
+                              "hydra.sweep.dir=...) or delete it")
+        aside = set_aside(run_dir / RESULTS)
+        print(f"prune_lab: {run_dir / RESULTS} fails its check ({problem}); moved it to {aside.name} and "
+              "running again", file=sys.stderr, flush=True)
+    PhaseStore(run_dir / "checkpoints", spec.config_hash, code_digest(spec.config))  # another config's: refused
+    return None
+
+
+def run(spec: RunSpec, run_dir: Path, overrides: list[str],
+        on_accept: Callable[[], None] | None = None) -> dict[str, Any]:
+    """seed -> data -> model -> init -> (the pruner's schedule of train / prune / evaluate) -> results.
+
+    `on_accept` is called once the folder is this run's (prune_lab.__main__.claim), before any training."""
+    started, t0 = now(), time.perf_counter()
+    done = claim(spec, run_dir)
+    if done is not None:
+        return done
+    if on_accept is not None:
+        on_accept()
     progress = Progress(spec.config.get("log_every", "auto"))  # a bad value stops the run here
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)
@@ -131,7 +166,8 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "config": spec.config,
         "device": str(device),
         "threads": threads,
-        "versions": versions(),
+        "versions": versions(spec.config),  # with the code digest: what a resume and the analysis compare
+        "splits": {"train": len(job.data.train), "val": len(job.data.val), "test": len(job.data.test)},
         "started_at": started,
         "finished_at": now(),
         "wall_time_s": time.perf_counter() - t0,
@@ -163,6 +199,19 @@ def summary(record: dict[str, Any], path: Path) -> str:
     return "\n".join(lines)
 
 
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra's run_job writes them, once the run is
+    accepted: conf/config.yaml sets hydra.output_subdir=null so that a refused run leaves another run's folder
+    untouched. A user who names an output_subdir gets Hydra's own files there instead."""
+    hydra_node = HydraConfig.instance().cfg
+    if hydra_node.hydra.output_subdir is not None:
+        return
+    folder = run_dir / ".hydra"
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_node),
+                       ("overrides.yaml", hydra_node.hydra.overrides.task)):
+        atomic_write_bytes(folder / name, OmegaConf.to_yaml(node).encode())
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
@@ -172,15 +221,16 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
         objective = build_objective(spec.config)  # a bad objective stops here, before training
-        return objective(run(spec, run_dir, overrides))  # what a Hydra sweeper (Optuna...) optimises
+        # what a Hydra sweeper (Optuna...) optimises
+        return objective(run(spec, run_dir, overrides, on_accept=lambda: save_hydra_files(run_dir, cfg)))
     except UserError as e:
-        if read_results(run_dir) is None:  # never an error.json beside a valid results.json
-            write_error(run_dir, {"error": str(e), "kind": "config", "overrides": overrides})
+        if not isinstance(e, FolderTaken) and read_results(run_dir) is None:  # never into another run's folder
+            write_error(run_dir, {"error": str(e), "kind": getattr(e, "kind", "config"), "overrides": overrides})
         print(f"prune_lab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
-        write_error(run_dir, {"error": f"{type(e).__name__}: {e}", "kind": "crash", "overrides": overrides,
-                              "traceback": traceback.format_exc()})
+        write_error(run_dir, {"error": f"{type(e).__name__}: {e}", "kind": getattr(e, "kind", "crash"),
+                              "overrides": overrides, "traceback": traceback.format_exc()})
         raise
 
 

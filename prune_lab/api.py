@@ -22,8 +22,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from prune_lab.cache import _targets
 from prune_lab.errors import UserError
-from prune_lab.results import METRICS, read_results
+from prune_lab.record import inspect
+from prune_lab.results import METRICS
+
+# The code `Run.model()` may import for a record it reads: prune_lab's models and datasets, torchvision's models.
+# A results.json is data someone may hand you; its `_target_` strings are never imported beyond these unless the
+# caller names more (`run.model(allow=["my_lab.models."])`).
+TRUSTED_TARGETS = ("prune_lab.models.", "prune_lab.data.", "torchvision.models.")
+
+
+def _check_targets(node: Any, allow: tuple[str, ...], what: str) -> None:
+    for target in _targets(node):
+        if not target.startswith((*TRUSTED_TARGETS, *allow)):
+            prefix = target.rsplit(".", 1)[0] + "."
+            raise UserError(f"the run's {what} config names {target!r}, code load_run does not import from a "
+                            f"results.json; if you trust this run folder, call .model(allow=[{prefix!r}])")
 
 if TYPE_CHECKING:
     from prune_lab.config import RunSpec
@@ -65,34 +80,41 @@ class Run:
         """The final weights (zero where the masks say)."""
         return self._saved()["state_dict"]
 
-    def model(self) -> nn.Module:
+    def model(self, allow: list[str] | tuple[str, ...] = ()) -> nn.Module:
         """The final network, rebuilt from the run's model config and loaded with its weights (on the CPU, in
-        eval mode). The dataset is loaded for its shapes (and a graph's adjacency), as the run did."""
+        eval mode). The dataset is loaded for its shapes (and a graph's adjacency), as the run did.
+
+        Only code under TRUSTED_TARGETS (or the prefixes in `allow`, for your own models) is imported."""
         from hydra.utils import instantiate
 
-        net = instantiate(self.config["model"], _convert_="all")(self._data().info)
+        _check_targets(self.config["model"], tuple(allow), "model")
+        net = instantiate(self.config["model"], _convert_="all")(self._data(tuple(allow)).info)
         net.load_state_dict(self.state_dict())
         return net.eval()
 
-    def sample_input(self) -> torch.Tensor:
+    def sample_input(self, allow: list[str] | tuple[str, ...] = ()) -> torch.Tensor:
         """One training input, [1, *input_shape] (what the payoff's FLOPs and timings feed the network)."""
-        return self._data().train.x[:1]
+        return self._data(tuple(allow)).train.x[:1]
 
-    def _data(self) -> Any:
+    def _data(self, allow: tuple[str, ...] = ()) -> Any:
         from hydra.utils import instantiate
 
         from prune_lab.cache import load_once
 
+        _check_targets(self.config["dataset"], allow, "dataset")
         return load_once(instantiate(self.config["dataset"], _convert_="all"))
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """A finished run's folder; one that is missing or did not finish (no results.json) is refused."""
+    """A finished run's folder; one that is missing, did not finish, or whose results.json or artifacts break the
+    record contract (prune_lab.record: the same check the rerun's skip and the analysis make) is refused."""
     path = Path(run_dir).expanduser().resolve()
-    results = read_results(path)
+    results, problem = inspect(path)
     if results is None:
+        if problem is not None:
+            raise UserError(f"{path} holds no valid run: {problem}; rerun it into the same folder to redo it")
         hint = " (error.json says why it failed)" if (path / "error.json").exists() else ""
-        raise UserError(f"{path} holds no finished run: no valid results.json{hint}")
+        raise UserError(f"{path} holds no finished run: no results.json{hint}")
     return Run(path, results)
 
 

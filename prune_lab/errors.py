@@ -3,3 +3,15 @@
 
 class UserError(Exception):
     """A problem in the user's input, reported as one line that says what to fix; exits with status 2."""
+
+
+class FolderTaken(UserError):
+    """The run folder belongs to another configuration's run: refused without writing anything into it."""
+
+    kind = "folder_taken"
+
+
+class Diverged(UserError):
+    """Training produced a non-finite loss or metric: the run stops with one line (error.json kind `diverged`)."""
+
+    kind = "diverged"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,11 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from prune_lab.data.splits import Splits
+from prune_lab.errors import Diverged
 from prune_lab.evaluation import Level, evaluate, measure_level
 from prune_lab.init import Initializer, MaskAwareInit
 from prune_lab.masks import Mask
 from prune_lab.payoff import check_measure, measure_payoff
 from prune_lab.pruners.scores import ScoreInputs
+from prune_lab.record import tolerance
 from prune_lab.seeding import generator
 from prune_lab.storage import PhaseStore, atomic_torch_save
 from prune_lab.training import LossFn, OnStep, TrainSettings, as_hook, cross_entropy, per_epoch, train
@@ -217,6 +221,16 @@ class Job:
         if abs(reached - target_sparsity) > slack + 1e-9:
             raise RuntimeError(f"level {name!r} is pruned to {reached:.4f}, not its target {target_sparsity:.4f}; "
                                "the pruner missed its target (a bug: please report it)")
+        if abs(reached - target_sparsity) > tolerance(total, len(self.mask.tensors)):
+            # whole units could not land on the target: the level says so (the record contract and the analysis
+            # read `off_target`); a target refused before training (Units.check) never gets here
+            extra = {**extra, "off_target": True}
+            print(f"prune_lab: level {name!r} is at sparsity {reached:.4f}, not its target {target_sparsity:.4f} "
+                  "(whole units are removed); recorded with off_target=true", file=sys.stderr, flush=True)
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise Diverged(f"level {name!r}: weights of {', '.join(bad[:3])} are not finite after training "
+                           f"(it diverged); lower train.lr (now {self.settings.lr:g})")
         batch = self.settings.eval_batch_size
         level = measure_level(
             self.model, self.prunable, name, target_sparsity,
@@ -224,6 +238,9 @@ class Job:
             **measure_payoff(self.model, self.data.train.x[:1], self.measure), epochs_trained=self.epochs_trained,
             **extra,
         )
+        if not (math.isfinite(level.test_loss) and (len(self.data.val) == 0 or math.isfinite(level.val_loss))):
+            raise Diverged(f"level {name!r}: the test loss is {level.test_loss}, the validation loss "
+                           f"{level.val_loss} (non-finite outputs); lower train.lr (now {self.settings.lr:g})")
         if self.tickets is not None:  # the level's ticket, to measure or export later (prune_lab.measure)
             save_ticket(self.tickets, len(self.levels), name, self.model, self.mask)
         self.levels.append(level)

@@ -36,11 +36,12 @@ def saved_levels(run: Run) -> list[tuple[int, str, dict[str, torch.Tensor]]]:
     return out
 
 
-def measure_run(run_dir: str | Path, measure: str = "latency") -> dict[str, Any]:
-    """Measure every saved level of a finished run; the record written to payoff.json."""
+def measure_run(run_dir: str | Path, measure: str = "latency", allow: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Measure every saved level of a finished run; the record written to payoff.json. `allow`: module prefixes
+    of your own model code the run's record may name (prune_lab.api.TRUSTED_TARGETS are always allowed)."""
     run = load_run(run_dir)
-    model = run.model()
-    sample = run.sample_input()
+    model = run.model(allow)
+    sample = run.sample_input(allow)
     levels = []
     for index, name, state in saved_levels(run):
         model.load_state_dict(state)
@@ -55,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="finished run folders")
     parser.add_argument("--measure", choices=MEASURES, default="latency",
                         help="slim: the slim export's size; latency (default): also CPU timings")
+    parser.add_argument("--allow", action="append", default=[], metavar="PREFIX",
+                        help="a module prefix of your own model code (e.g. my_lab.models.) the run may name")
     args = parser.parse_args(argv)
     try:
         for run_dir in args.runs:
-            record = measure_run(run_dir, args.measure)
+            record = measure_run(run_dir, args.measure, tuple(args.allow))
             print(f"{run_dir}: {len(record['levels'])} level(s) -> {Path(run_dir) / PAYOFF}")
             for level in record["levels"]:
                 fields = {k: v for k, v in level.items() if k not in ("level_record", "name")}

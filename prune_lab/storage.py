@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from prune_lab.errors import UserError
+from prune_lab.errors import FolderTaken
 
 T = TypeVar("T")
 
@@ -124,20 +124,31 @@ CHECKSUM = b"\nprune_lab sha256 "  # a checkpoint's last bytes: this, then the h
 class PhaseStore:
     """`checkpoints/` of one run: `<phase>.done.pt` for finished phases, `<phase>.partial.pt` for one under way.
 
-    The folder is tied to one config hash; resuming it under another config is refused.
+    The folder is tied to one config hash (`config_hash`: resuming it under another config is refused) and to
+    the code that wrote it (`code`, prune_lab.results.code_digest): after a code change its checkpoints are
+    moved aside, with one line, and every phase trains again with the new code, so a run never mixes the two.
     """
 
-    def __init__(self, folder: Path, config_hash: str):
+    def __init__(self, folder: Path, config_hash: str, code: str | None = None):
         self.folder = folder
-        marker = folder / "config_hash"
+        marker, code_marker = folder / "config_hash", folder / "code"
         recorded = marker.read_text(errors="replace").strip() if marker.exists() else None
         if recorded is not None and recorded != config_hash:
-            raise UserError(
+            raise FolderTaken(
                 f"{folder} holds checkpoints of another configuration (hash {recorded!r}, this run "
                 f"{config_hash}); run into a new folder (hydra.run.dir=... or hydra.sweep.dir=...) or delete it"
             )
+        written_by = code_marker.read_text(errors="replace").strip() if code_marker.exists() else None
+        if code is not None and recorded is not None and written_by != code:
+            aside = folder.with_name(f"{folder.name}-old-code-{written_by or 'unknown'}-{os.getpid()}")
+            os.replace(folder, aside)
+            print(f"prune_lab: the code changed since {folder} was written (code {written_by or 'unrecorded'}, "
+                  f"now {code}); its phases train again with this code (old checkpoints kept in {aside.name})",
+                  file=sys.stderr, flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        if not marker.exists():
+        if not marker.exists():  # the code marker first: where config_hash is, the code is recorded too
+            if code is not None:
+                atomic_write_bytes(code_marker, code.encode())
             atomic_write_bytes(marker, config_hash.encode())
 
     def _path(self, name: str, kind: str) -> Path:
@@ -178,6 +189,7 @@ class PhaseStore:
         for path in self.folder.glob("*.pt"):
             path.unlink(missing_ok=True)
         (self.folder / "config_hash").unlink(missing_ok=True)
+        (self.folder / "code").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()
 

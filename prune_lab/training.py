@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prune_lab.data.splits import Splits
-from prune_lab.errors import UserError
+from prune_lab.errors import Diverged, UserError
 from prune_lab.evaluation import evaluate
 from prune_lab.lr_schedules import Constant, LRSchedule, lr_factor, parse_duration, to_steps
 from prune_lab.masks import Mask
@@ -207,6 +207,14 @@ def train(
 
     weights, keeps = enforce(mask)
     device = data.train.y.device
+    # A non-finite loss stops the phase: checked every step on the CPU (no cost), every 64 steps on a GPU (a host
+    # sync), and at every epoch end. loss_sum holds the epoch's losses so far, so a NaN or inf in any of them shows.
+    check_every = 1 if device.type == "cpu" else 64
+
+    def diverged(value: float, epoch: int) -> Diverged:
+        return Diverged(f"training diverged: the loss is {value} by step {step} (epoch {epoch + 1} of phase "
+                        f"{phase!r}); lower train.lr (now {settings.lr:g}) or warm up (train.warmup=epoch:1)")
+
     forward = torch.compile(model) if settings.compile else model  # shares model's parameters
     last_save = time.monotonic()
     model.train()
@@ -237,11 +245,15 @@ def train(
             loss_sum += loss.detach() * len(idx)  # stays on device: no host sync per step
             seen += len(idx)
             step += 1
+            if step % check_every == 0 and not bool(torch.isfinite(loss_sum)):
+                raise diverged(loss_sum.item(), epoch)
             if hook is not None:
                 new_mask = hook.after_step(step, total_steps, model, mask)
                 if new_mask is not None:
                     mask = new_mask
                     weights, keeps = enforce(mask)
+        if not math.isfinite(loss_sum.item()):
+            raise diverged(loss_sum.item(), epoch)
         record: dict[str, Any] = {"phase": phase, "epoch": epoch + 1, "epochs": epochs, "step": step,
                                   "train_loss": loss_sum.item() / seen, "lr": scheduler.get_last_lr()[0]}
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:

@@ -67,7 +67,7 @@ def test_latency_is_measured_only_when_asked_and_later_from_the_kept_tickets(tmp
     from prune_lab.api import run
     from prune_lab.measure import PAYOFF, measure_run
 
-    default = run("pruner=unit", "sparsity=0.5", "train.epochs=2", "keep_tickets=true", "cache_dir=null",
+    default = run("pruner=unit", "sparsity=0.4", "train.epochs=2", "keep_tickets=true", "cache_dir=null",
                   run_dir=tmp_path / "default")
     assert not any(k.startswith(("slim_", "latency")) for level in default.levels for k in level)
     assert sorted(p.name for p in (default.path / "tickets").glob("*.pt")) == ["00-dense.pt", "01-pruned.pt"]
@@ -79,6 +79,6 @@ def test_latency_is_measured_only_when_asked_and_later_from_the_kept_tickets(tmp
     assert pruned["flops_nonzero"] == default.levels[1]["flops_nonzero"]  # the saved ticket is the level's network
     assert "slim_params" not in record["levels"][0]  # the dense level has no dead unit
     assert (default.path / "results.json").read_bytes() == before and (default.path / PAYOFF).exists()
-    asked = run("pruner=unit", "sparsity=0.5", "train.epochs=2", "measure=latency", "cache_dir=null",
+    asked = run("pruner=unit", "sparsity=0.4", "train.epochs=2", "measure=latency", "cache_dir=null",
                 run_dir=tmp_path / "asked")
     assert asked.levels[1]["latency_b1_ms"] > 0 and asked.results["config_hash"] == default.results["config_hash"]

@@ -130,18 +130,18 @@ def complete_run(cfg: Any) -> bool:
     Leftovers of a kill during the run's last writes are removed, as the run itself would."""
     try:
         from prune_lab.config import config_hash
-        from prune_lab.results import read_results
+        from prune_lab.record import complete
 
         run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-        done = read_results(run_dir)
-        if done is None:
+        if not (run_dir / "results.json").exists():
             return False
         import copy
 
         task = copy.deepcopy(cfg)
         with open_dict(task):
             del task["hydra"]  # as Hydra hands the task its config
-        if done.get("config_hash") != config_hash(OmegaConf.to_container(task, resolve=True)):
+        # the one skip check (prune_lab.record.complete): a record that passes, artifacts verified, this config
+        if complete(run_dir, config_hash(OmegaConf.to_container(task, resolve=True))) is None:
             return False
         from prune_lab.storage import clean_leftovers
 

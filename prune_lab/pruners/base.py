@@ -63,4 +63,5 @@ def check_scored(score: Score, select: Selection, target: float, shapes: Shapes,
     the score works with this schedule and data."""
     check_reachable(target, select.max_sparsity(shapes),
                     f"{schedule} with {type(select).__name__.lower()} selection")
+    select.check_target(shapes, target, schedule)
     score.check(data, trains_before_scoring, schedule)

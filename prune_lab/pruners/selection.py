@@ -13,7 +13,10 @@ below -1) never prunes more than asked, and weights already pruned stay pruned a
   layerwise, every candidate layer loses the same share f of its units, f = sparsity * all weights /
   candidate weights, so the total reaches the target within one unit per layer; globally, units leave in
   order of score until the pruned weights come closest to round(sparsity * all weights). A target that
-  would leave a layer without a unit is refused before training (`max_sparsity`).
+  would leave a layer without a unit is refused before training (`max_sparsity`), and so is a layerwise
+  target that whole units cannot reach within the record contract's tolerance (`check_target`: the line names
+  the nearest reachable targets); a global one lands as close as the scores allow and the level is marked
+  `off_target` when it misses.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
 from prune_lab.pruners.scores import Score, ScoreInputs
+from prune_lab.record import tolerance
 
 SCOPES = ("layerwise", "global")
 Shapes = Mapping[str, tuple[int, ...]]  # prunable parameter name -> its weight's shape
@@ -113,6 +117,11 @@ class Selection(ABC):
         """Whether `select` takes a target per layer (imp's layer rates)."""
         return False
 
+    def check_target(self, shapes: Shapes, sparsity: float, schedule: str) -> None:
+        """Refuse (UserError, before training) a target this selection cannot land on. Single weights land on
+        any target within half a weight per layer (the record contract's tolerance)."""
+        return None
+
 
 @dataclass(frozen=True)
 class Unstructured(Selection):
@@ -151,6 +160,44 @@ class Units(Selection):
                         for n in self.candidates(list(shapes)))
         return removable / total
 
+    def layer_drops(self, shapes: Shapes, sparsity: float) -> dict[str, int]:
+        """Layerwise: how many units each candidate layer loses, the same share f of each layer's units with
+        f = sparsity * all weights / candidate weights, rounded, never the last unit (max_sparsity refuses)."""
+        candidates = self.candidates(list(shapes))
+        total = sum(math.prod(s) for s in shapes.values())
+        share = sparsity * total / sum(math.prod(shapes[n]) for n in candidates)
+        return {n: min(round(share * shapes[n][0]), shapes[n][0] - 1) for n in candidates}
+
+    def landing(self, shapes: Shapes, sparsity: float) -> float:
+        """The sparsity layerwise unit selection reaches from a dense mask when asked for `sparsity`."""
+        drops = self.layer_drops(shapes, sparsity)
+        return sum(k * math.prod(shapes[n][1:]) for n, k in drops.items()) / sum(math.prod(s) for s in shapes.values())
+
+    def reachable(self, shapes: Shapes) -> list[float]:
+        """Every sparsity layerwise unit selection can land on: its value between consecutive rounding points
+        (a layer of `out` units changes its count at shares (j + 1/2) / out)."""
+        candidates = self.candidates(list(shapes))
+        total = sum(math.prod(s) for s in shapes.values())
+        scale = sum(math.prod(shapes[n]) for n in candidates) / total  # share -> sparsity
+        points = sorted({(j + 0.5) / shapes[n][0] for n in candidates for j in range(shapes[n][0])})
+        shares = [0.0] + [(a + b) / 2 for a, b in zip(points, points[1:])] + [points[-1] + 1e-6]
+        return sorted({self.landing(shapes, min(f * scale, self.max_sparsity(shapes))) for f in shares})
+
+    def check_target(self, shapes: Shapes, sparsity: float, schedule: str) -> None:
+        if self.scope != "layerwise" or sparsity == 0:
+            return  # global: lands as close as the scores allow, and the level is marked off_target if it misses
+        total = sum(math.prod(s) for s in shapes.values())
+        reached = self.landing(shapes, sparsity)
+        if abs(reached - sparsity) <= tolerance(total, len(shapes)):
+            return
+        values = self.reachable(shapes)
+        below = max((v for v in values if v < sparsity), default=None)
+        above = min((v for v in values if v > sparsity), default=None)
+        nearest = " and ".join(f"sparsity={v:.4f}" for v in (below, above) if v is not None)
+        raise UserError(f"sparsity={sparsity} cannot be reached by removing whole units layerwise ({schedule} "
+                        f"would land on {reached:.4f}); the nearest reachable targets are {nearest}: use one of "
+                        "them, or pruner.select.scope=global (lands as close as the scores allow, marked off_target)")
+
     def select(self, score: Score, inputs: ScoreInputs, sparsity: Target) -> Mask:
         if isinstance(sparsity, Mapping):
             raise ValueError("unit selection takes one overall target")
@@ -164,13 +211,9 @@ class Units(Selection):
             scores[n] = torch.where(alive, unit_scores[n].float(), torch.tensor(-math.inf, device=alive.device))
         drop = {n: torch.zeros_like(s, dtype=torch.bool) for n, s in scores.items()}  # units to remove: [out]
         if self.scope == "layerwise":
-            # The share of each candidate layer's units that must go for `sparsity` of ALL weights.
-            total = sum(math.prod(s) for s in shapes.values())
-            share = sparsity * total / sum(math.prod(shapes[n]) for n in candidates)
-            for n, s in scores.items():
-                k = min(round(share * s.numel()), s.numel() - 1)  # never the last unit (max_sparsity refuses)
+            for n, k in self.layer_drops(shapes, sparsity).items():
                 if k > 0:
-                    drop[n][torch.topk(s, k, largest=False).indices] = True
+                    drop[n][torch.topk(scores[n], k, largest=False).indices] = True
         else:
             self._drop_globally(mask, sparsity, scores, drop)
         out = dict(mask.tensors)

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # headless: pyplot falls back to Agg by itself;
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.collections import PolyCollection
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 from scipy import stats
 
@@ -125,6 +126,22 @@ def _clip(metric: str) -> tuple[float, float] | None:
     return (0, 100) if metric.endswith("acc") else None  # what an accuracy in % can be
 
 
+# What the winning-ticket panels' values can be: an accuracy in %, an epoch (metrics.jsonl counts from 1).
+PANEL_RANGE = {"test accuracy (%)": (0.0, 100.0), "early-stopping epoch": (1.0, math.inf)}
+
+
+def _clip_bands(ax: plt.Axes, lo: float, hi: float) -> None:
+    """Clip the y of every band (the fill_between polygons seaborn draws) on `ax` to [lo, hi].
+
+    A band's vertices are (x, low end) and (x, high end) pairs, so clipping them is clipping both ends
+    of the interval at each x: what `t_errorbar(clip=...)` does where one figure has one quantity.
+    """
+    for band in ax.collections:
+        if isinstance(band, PolyCollection):
+            band.set_paths([np.column_stack([p.vertices[:, 0], np.clip(p.vertices[:, 1], lo, hi)])
+                            for p in band.get_paths()])
+
+
 def _percent_log_axis(ax: plt.Axes, smallest: float) -> None:
     """Log x axis in %, 100 at the left, ticks at round values down to the smallest point."""
     lo = max(float(smallest), 1e-3)
@@ -137,10 +154,13 @@ def _percent_log_axis(ax: plt.Axes, smallest: float) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _mark_dense(g: sns.FacetGrid, data: pd.DataFrame, x: str, y: str, groups: list[str], colors) -> None:
+def _mark_dense(g: sns.FacetGrid, data: pd.DataFrame, x: str, y: str, groups: list[str], colors,
+                hue: str | None = None) -> None:
     """A star and a dotted line at each group's dense mean, in the group's colour, on every panel.
 
-    Stars of equal accuracy would hide each other, so they are concentric: the first group's is the
+    groups: the columns the lines are grouped by within a panel (hue first, then style), so that dense
+    baselines of different conditions (two training budgets drawn as styles) are never averaged into one
+    star. Stars of equal accuracy would hide each other, so they are concentric: the first group's is the
     largest and drawn lowest. Stars have gid "dense", the dotted lines "dense level" (tests and users find them).
     """
     for ax_key, sub in g.facet_data():
@@ -152,7 +172,7 @@ def _mark_dense(g: sns.FacetGrid, data: pd.DataFrame, x: str, y: str, groups: li
         sizes = np.linspace(17, 7, len(means)) if len(means) > 1 else [13]
         for size, (key, row) in zip(sizes, means.iterrows()):
             name = str(key[0] if isinstance(key, tuple) else key)
-            color = colors.get(name, "black") if colors and groups else "black"
+            color = colors.get(name, "black") if colors and groups and groups[0] == hue else "black"
             ax.axhline(row[y], color=color, ls=":", lw=1.1, alpha=0.8, zorder=1, gid="dense level")
             ax.plot([row[x]], [row[y]], "*", color=color, ms=size, mec="black", mew=0.6, zorder=10 + 20 - size,
                     gid="dense", linestyle="none")
@@ -199,7 +219,7 @@ def plot_tradeoff(
         palette=colors, hue_order=list(colors) if colors else None, height=4.2, aspect=1.25,
         err_kws={"alpha": 0.15, "lw": 0}, facet_kws={"margin_titles": bool(row_var)},
     )
-    _mark_dense(g, data, "x", metric, [hue] if hue else [], colors)
+    _mark_dense(g, data, "x", metric, list(dict.fromkeys(k for k in (hue, style) if k)), colors, hue)  # as the lines
     if x != "sparsity":
         for ax in g.axes.flat:
             _percent_log_axis(ax, data["x"].min())
@@ -243,6 +263,8 @@ def plot_ticket(
         hue_order=list(colors) if colors else None, height=3.8, aspect=1.2, err_kws={"alpha": 0.15, "lw": 0},
         facet_kws={"sharey": False},
     )
+    for key, ax in g.axes_dict.items():  # one errorbar for two quantities: clip each panel's bands to its range
+        _clip_bands(ax, *PANEL_RANGE[key[-1] if isinstance(key, tuple) else key])
     for ax in g.axes.flat:
         _percent_log_axis(ax, data["x"].min())
     g.set_titles("{col_name}")
@@ -285,9 +307,29 @@ def plot_training(
     g.set_axis_labels("epoch of the phase", LABELS.get(metric, metric))
     for ax in g.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _single_epoch(ax)
     g.figure.suptitle(f"training curves: {LABELS.get(metric, metric)}, mean over seeds, "
                       f"band = {confidence:.0%} t-interval", y=1.03)
     return g
+
+
+def _single_epoch(ax: plt.Axes) -> None:
+    """A panel whose phase has one epoch: a line of one point and a band of zero width draw nothing, so
+    each line gets a marker, each band a vertical bar over the same interval (gid "interval"), and the
+    x axis one epoch either side with a tick at the epoch only."""
+    lines = [line for line in ax.get_lines() if len(line.get_xdata())]
+    epochs = {float(x) for line in lines for x in line.get_xdata()}
+    if len(epochs) != 1:
+        return
+    (epoch,) = epochs
+    for line in lines:
+        line.set_marker("o")
+    for band in [c for c in ax.collections if isinstance(c, PolyCollection)]:
+        y = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        if len(y):
+            ax.vlines(epoch, y.min(), y.max(), colors=[band.get_facecolor()[0][:3]], lw=5, alpha=0.4, gid="interval")
+    ax.set_xlim(epoch - 1, epoch + 1)
+    ax.xaxis.set_major_locator(FixedLocator([epoch]))
 
 
 def plot_layers(
@@ -315,16 +357,20 @@ def plot_layers(
         warnings.simplefilter("ignore", UserWarning)  # seaborn on a single-category hue
         g = sns.catplot(
             data=data, x="layer", y="sparsity", hue=hue, col="target", col_order=targets, row=row_var, order=order,
-            kind="point", errorbar=("pi", 100), dodge=0.3 if hue else False, palette=colors,
+            # pi 100 = from the smallest to the largest run; layers are categories: points, no lines between
+            kind="point", errorbar=("pi", 100), capsize=0.15, err_kws={"linewidth": 1.5}, linestyle="none",
+            dodge=0.3 if hue else False, palette=colors,
             hue_order=list(colors) if colors else None, height=3.4, aspect=max(1.0, 0.35 * len(order)),
             col_wrap=None if row_var else min(4, len(targets)),
         )
     for ax in g.axes.flat:
         ax.set_ylim(-3, 103)
-        ax.tick_params(axis="x", rotation=25)
+        # rotated labels end at their tick (right-aligned, rotated about that end), under their points
+        plt.setp(ax.get_xticklabels(), rotation=25, ha="right", rotation_mode="anchor")
     g.set_titles("{col_name}" if not row_var else "{row_name} | {col_name}")
     g.set_axis_labels("layer", "layer sparsity (%)")
-    g.figure.suptitle("per-layer sparsity: mean over runs, bars = min–max", y=1.04)
+    n = data.groupby([*(k for k in (hue, *keys) if k), LEVEL, "layer"], dropna=False)["run_dir"].nunique()
+    g.figure.suptitle(f"per-layer sparsity: mean over runs (n = {_nrange(n)}), bars = min–max over runs", y=1.04)
     return g
 
 

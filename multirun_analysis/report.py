@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from multirun_analysis.loading import CHOICES, Sweep, early_stopping, layer_labels, read_curves
@@ -33,7 +34,10 @@ from multirun_analysis.stats import LEVEL, compare, curve_columns, robustness, s
 CAVEAT = (
     "Seeds are the unit of replication: each test pairs two groups' runs of the same seed (paired t-test, "
     "n-1 degrees of freedom, normal differences assumed; with fewer than about 5 seeds p-values are rough "
-    "and real differences are easily missed). Significance is decided after Holm's correction over all "
+    "and real differences are easily missed). Where every seed moved by the same amount (to float noise) "
+    "the t-test has no variance to work with, and the exact sign-flip test is used: its p is at least "
+    "2/2^n for n seeds (0.125 for 4, 0.25 for 3). Gaps are paired differences, over the seeds both groups "
+    "have. Significance is decided after Holm's correction over all "
     "{tests} in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
     "Wilcoxon p-values beside them are uncorrected and cannot reach 0.05 with fewer than 6 seeds."
 )
@@ -43,18 +47,28 @@ SAME_WITHIN_CURVE = {"code": "code (digest of prune_lab's source and the model's
                      "budget": "configured training budget"}
 
 
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g", formats: dict[str, str] | None = None) -> str:
+    """A GitHub markdown table (no tabulate dependency); `formats` gives a column its own float format."""
+    formats = formats or {}
 
-    def cell(v: object) -> str:
+    def cell(v: object, fmt: str) -> str:
         if isinstance(v, float):
-            return "" if math.isnan(v) else format(v, floatfmt)
+            return "" if math.isnan(v) else format(v, fmt)
         return str(v).replace("|", "\\|").replace("\n", " ")
 
+    fmts = [formats.get(c, floatfmt) for c in df.columns]
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(cell(v, f) for v, f in zip(row, fmts)) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def _formats(table: pd.DataFrame) -> dict[str, str]:
+    """Two decimals for every column in % or points (a mean, its interval and its sd alike: 0.01 points is
+    finer than a test set of 10,000 examples resolves; sparsity levels are kept to 0.01%), p-values to 3
+    significant digits (0.0496 must not read 0.05); other columns 4 significant digits."""
+    out = {c: ".2f" for c in table.columns if str(c).endswith(("(%)", "(points)"))}
+    return {**out, **{c: ".3g" for c in table.columns if str(c) == "p" or str(c).startswith(("p (", "p_"))}}
 
 
 def _pct(fraction: float) -> str:
@@ -93,27 +107,54 @@ def answer(
         text = f"{head}, **{label(best[hue])}** keeps {mean} {what} ({ci}, n = {best['n_seeds']})"
         others = []
         for _, other in at.iloc[1:].iterrows():
-            test = _test(comparisons, context, key, level, best[hue], other[hue])
-            diff = (best["mean"] - other["mean"]) * scale
-            mean = f"{other['mean'] * scale:.1f}{unit}"
-            others.append(f"{diff:.1f} points above **{label(other[hue])}** ({mean}; {test})")
+            others.append(_versus(comparisons, context, key, level, best[hue], other, hue, label, scale, unit))
         lines.append(f"- {text}: " + "; ".join(others) + ".")
     return lines
 
 
-def _test(comparisons: pd.DataFrame, context, key, level, a, b) -> str:
+def _pair(comparisons: pd.DataFrame, context, key, level, a, b) -> tuple[pd.Series | None, int]:
+    """The comparisons row of a and b at `level` in the context `key`, and +1 if a is its `higher`, -1 if b."""
     if comparisons.empty:
-        return "not tested"
-    rows = comparisons[(comparisons[LEVEL] == level) & (comparisons["higher"] == a) & (comparisons["lower"] == b)]
+        return None, 1
+    rows = comparisons[comparisons[LEVEL] == level]
     for c, v in zip(context, key if isinstance(key, tuple) else (key,)):
         rows = rows[(rows[c] == v) | (rows[c].isna() & pd.isna(v))]
-    if rows.empty or math.isnan(rows.iloc[0]["p_holm"]):
-        n = int(rows.iloc[0]["n_pairs"]) if not rows.empty else 0
-        return f"not testable with {n} paired seed(s)"
-    row = rows.iloc[0]
+    for sign, (hi, lo) in ((1, (a, b)), (-1, (b, a))):
+        found = rows[(rows["higher"] == hi) & (rows["lower"] == lo)]
+        if not found.empty:
+            return found.iloc[0], sign
+    return None, 1
+
+
+def _versus(comparisons, context, key, level, best, other: pd.Series, hue, label, scale, unit) -> str:
+    """"3.0 points above **B** on the 3 seeds both have (75.7% over its 4 seeds; significant ...)".
+
+    The gap is the paired difference over the seeds both groups have, the one the test tests; where a group
+    misses seeds the sentence says over how many seeds the gap is and over how many the other's mean is.
+    """
+    row, sign = _pair(comparisons, context, key, level, best, other[hue])
+    mean = f"{other['mean'] * scale:.1f}{unit}"
+    if row is None or row["n_pairs"] == 0:
+        return f"**{label(other[hue])}** {mean} (n = {other['n_seeds']}; no seed in common, not tested)"
+    diff = sign * row["mean_diff"] * scale
+    gap = f"{abs(diff):.1f} points {'above' if diff >= 0 else 'below'} **{label(other[hue])}**"
+    shared = row["n_pairs"] == row["higher_seeds"] == row["lower_seeds"]
+    if shared:
+        return f"{gap} ({mean}; {_verdict(row)})"
+    return (f"{gap} on the {row['n_pairs']} seed(s) both have ({mean} over its {other['n_seeds']} seeds; "
+            f"{_verdict(row)})")
+
+
+def _verdict(row: pd.Series) -> str:
+    """"significant after Holm correction, p = 0.012, n = 4 seeds"; the sign-flip test is named."""
+    if math.isnan(row["p_holm"]):
+        if row["n_pairs"] >= 2:  # paired_test tests every difference it can: these are all zero
+            return f"no difference on any of the {row['n_pairs']} paired seeds, nothing to test"
+        return f"not testable with {row['n_pairs']} paired seed(s)"
     verdict = "**significant**" if row["significant"] else "not significant"
     p = "p < 0.001" if row["p_holm"] < 0.001 else f"p = {row['p_holm']:.2g}"
-    return f"{verdict} after Holm correction, {p}, n = {row['n_pairs']} seeds"
+    how = " (exact sign-flip test: every seed moved by the same amount)" if row["test"] == "sign-flip" else ""
+    return f"{verdict} after Holm correction{how}, {p}, n = {row['n_pairs']} seeds"
 
 
 def trust_flags(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
@@ -226,7 +267,8 @@ def write_report(
         robust.to_csv(out / "robustness.csv", index=False)
         comparisons.to_csv(out / "comparisons.csv", index=False)
         colors = palette(runs, hue)
-        figures = _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors)
+        figure_notes: list[str] = []
+        figures = _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors, figure_notes)
         fixed = [f"{c} = {runs[c].iloc[0]}" for c in ("dataset", "model", "init", "pruner") if c not in keys]
         lines += [
             "## Answer",
@@ -248,7 +290,7 @@ def write_report(
         lines += flags or ["- Every curve's runs share one code version, torch version and configured budget."]
         lines += notes + [""]
         lines += _tables(summary, robust, comparisons, budget, shown, context, hue, by, metric, tolerance)
-        lines += _figure_section(figures)
+        lines += _figure_section(figures, figure_notes)
     else:
         lines += ["No complete run was found, so there is nothing to summarize yet.", ""]
     lines += ["## Runs with problems", ""]
@@ -267,16 +309,33 @@ def write_report(
     return path
 
 
-def _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors) -> dict[str, str]:
-    """Draw and save every figure the runs allow; {name: caption}."""
+def flops_follow_weights(runs: pd.DataFrame) -> bool:
+    """Whether every level's FLOPs remaining (flops_nonzero / flops_dense) is its prunable weights
+    remaining (prunable_nonzero / prunable_total), to float precision: FLOPs proportional to nonzero
+    weights, so a FLOPs axis is the weights axis again. False where the weight counts are not recorded."""
+    need = {"flops_dense", "flops_nonzero", "prunable_nonzero", "prunable_total"}
+    if not need <= set(runs.columns) or runs[list(need)].isna().any().any() or (runs["prunable_total"] <= 0).any():
+        return False
+    flops = runs["flops_nonzero"] / runs["flops_dense"]
+    weights = runs["prunable_nonzero"] / runs["prunable_total"]
+    return bool(np.allclose(flops, weights, rtol=1e-9, atol=0))
+
+
+def _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors, notes) -> dict[str, str]:
+    """Draw and save every figure the runs allow; {name: caption}. Why one is left out goes to `notes`."""
     made = {}
     common = {"hue": hue, "style": style, "colors": colors}
     save(plot_tradeoff(runs, col=col, metric=metric, x=x, **common), fig_dir / "tradeoff")
     made["tradeoff"] = f"{metric} against the share of weights remaining"
     flops = {"flops_dense", "flops_nonzero"} <= set(runs.columns)
     if flops and runs["flops_nonzero"].notna().all() and (runs["flops_dense"] > 0).all():
-        save(plot_tradeoff(runs, col=col, metric=metric, x="flops", **common), fig_dir / "flops")
-        made["flops"] = f"{metric} against the forward FLOPs remaining"
+        if flops_follow_weights(runs):
+            notes.append("The FLOPs figure is left out: in every run the share of forward FLOPs remaining equals "
+                         "the share of prunable weights remaining (each weight costs the same FLOPs, as in an "
+                         "MLP), so it would repeat the trade-off figure.")
+        else:
+            save(plot_tradeoff(runs, col=col, metric=metric, x="flops", **common), fig_dir / "flops")
+            made["flops"] = f"{metric} against the forward FLOPs remaining"
     if not curves.empty and "val_acc" in curves:
         if "round" in runs and runs["round"].notna().any():
             ticket = runs[runs["round"].notna()].merge(early_stopping(curves), on=["run_dir", "level_name"], how="left")
@@ -297,37 +356,54 @@ def _tables(summary, robust, comparisons, budget, shown, context, hue, by, metri
     unit = " (%)" if metric.endswith("acc") else ""
     scale = 100 if unit else 1
     lines = ["## Tables (accuracy in %; 95% Student t intervals over seeds, clipped to [0, 100])", ""]
-    lines += [f"### {metric} per level", "", markdown_table(_display(summary, shown, metric)), ""]
+    display = _display(summary, shown, metric)
+    lines += [f"### {metric} per level", "", markdown_table(display, formats=_formats(display)), ""]
     if not budget.empty:
         lines += ["### Training budget (total epochs behind each level's weights)", "",
                   markdown_table(budget[[*shown, LEVEL, "epochs_trained"]].assign(
                       **{LEVEL: budget[LEVEL] * 100}).rename(columns={LEVEL: "sparsity (%)"})), ""]
     if not comparisons.empty:
-        table = comparisons[[*context, LEVEL, "higher", "higher_mean", "lower", "lower_mean", "n_pairs",
-                             "mean_diff", "p_t", "p_holm", "p_wilcoxon", "significant"]].copy()
+        # every number of a row is over the pair's shared seeds, so that mean - mean = the difference tested
+        table = comparisons[[*context, LEVEL, "higher", "higher_mean", "lower", "lower_mean", "mean_diff",
+                             "test", "p", "p_holm", "p_wilcoxon", "significant"]].copy()
         table[LEVEL] *= 100
         for c in ("higher_mean", "lower_mean", "mean_diff"):
             table[c] *= scale
-        table = table.rename(columns={LEVEL: "sparsity (%)", "mean_diff": f"difference{unit and ' (points)'}",
-                                      "higher_mean": f"higher mean{unit}", "lower_mean": f"lower mean{unit}"})
+        seeds = comparisons.apply(lambda r: f"{r['n_pairs']} ({r['higher_seeds']}, {r['lower_seeds']})", axis=1)
+        table.insert(table.columns.get_loc("mean_diff"), "paired seeds (of higher, lower)", seeds)
+        table = table.rename(columns={LEVEL: "sparsity (%)", "mean_diff": f"paired difference{unit and ' (points)'}",
+                                      "higher_mean": f"higher mean{unit}", "lower_mean": f"lower mean{unit}",
+                                      "p": "p (of the test)"})
         lines += [f"### Pairwise comparisons of `{hue}` (paired by seed; Holm-corrected p_holm decides)", "",
-                  markdown_table(table), ""]
+                  "Means and difference are over the seeds both groups have (the pair's paired seeds), the "
+                  "ones the test uses; the per-level table above has each group's mean over all its seeds. "
+                  "test: `t` (paired t-test) or `sign-flip` (exact sign-flip test, where every seed moved by "
+                  "the same amount and the t-test has no variance to work with).", "",
+                  markdown_table(table, formats=_formats(table)), ""]
     rob = robust[[*shown, "dense_mean", "auc_norm", "max_level", "critical_sparsity", "critical_seed_min",
                   "critical_seed_max", "n_seeds"]].copy()
     for c in ("dense_mean", "auc_norm"):
         rob[c] *= scale
     for c in ("max_level", "critical_sparsity", "critical_seed_min", "critical_seed_max"):
         rob[c] *= 100
-    rob = rob.rename(columns={"dense_mean": f"dense{unit}", "auc_norm": f"mean over the range{unit}",
-                              "max_level": "range up to (%)", "critical_sparsity": "critical sparsity (%)",
-                              "critical_seed_min": "per seed min (%)", "critical_seed_max": "per seed max (%)"})
+    what = {"test_acc": "test accuracy", "val_acc": "validation accuracy"}.get(metric, metric)
+    rob = rob.rename(columns={"dense_mean": f"dense {what}{unit}",
+                              "auc_norm": f"average {what} up to the highest sparsity{unit}",
+                              "max_level": "highest sparsity (%)", "critical_sparsity": "critical sparsity (%)",
+                              "critical_seed_min": "critical sparsity, lowest seed (%)",
+                              "critical_seed_max": "critical sparsity, highest seed (%)"})
     lines += [f"### Robustness (critical sparsity: highest level whose mean {metric} is within "
-              f"{tolerance * scale:g} {'point(s)' if unit else ''} of the dense mean)", "", markdown_table(rob), ""]
+              f"{tolerance * scale:g} {'point(s)' if unit else ''} of the dense mean)", "",
+              f"*average {what} up to the highest sparsity*: the area under the mean curve of {what} against "
+              "sparsity, divided by its width (from the lowest level, 0% where the dense level is in, to the "
+              "highest sparsity): the curve's height averaged over that range of sparsity. Comparable between "
+              "rows with the same levels.", "",
+              markdown_table(rob, formats=_formats(rob)), ""]
     return lines
 
 
-def _figure_section(figures: dict[str, str]) -> list[str]:
-    lines = ["## Figures", ""]
+def _figure_section(figures: dict[str, str], notes: Sequence[str] = ()) -> list[str]:
+    lines = ["## Figures", "", *[line for note in notes for line in (note, "")]]
     if "flops" in figures:  # the two trade-offs side by side
         lines += ['<img src="figures/tradeoff.png" width="49%"> <img src="figures/flops.png" width="49%">', ""]
     for name, caption in figures.items():

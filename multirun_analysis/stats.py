@@ -223,30 +223,79 @@ def robustness(
     return out
 
 
-def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Paired t-test and Wilcoxon signed-rank test of a - b (same seeds, same order); NaN where undefined.
+# Differences whose spread is below this share of the values' magnitude are float noise (a sum of
+# fractions k/N differs from its exact value by ~1e-16): far below any test set's resolution (1e-5 at
+# 100,000 examples), far above rounding.
+NOISE = 1e-9
+# Up to 2^16 sign patterns are enumerated (exact); more seeds are sampled (99,999 random sign flips).
+EXACT_UP_TO = 16
 
-    With n pairs the t-test has n-1 degrees of freedom and assumes normal differences; the exact two-sided
-    Wilcoxon test cannot reach p < 0.05 with fewer than 6 pairs.
+
+def sign_flip(d: Sequence[float]) -> float:
+    """Two-sided p of the paired sign-flip (permutation) test of the mean of the differences `d`.
+
+    Under no difference each d_i is as likely to be +d_i as -d_i: scipy's `permutation_test` with
+    permutation_type="samples" swaps a and b within pairs, i.e. flips signs; exact (all 2^n patterns) up
+    to EXACT_UP_TO pairs. n constant nonzero differences give 2/2^n, the smallest p n seeds can give.
+    """
+    d = np.asarray(d, float)
+    exact = len(d) <= EXACT_UP_TO
+    result = stats.permutation_test(
+        (d, np.zeros_like(d)), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+        vectorized=True, n_resamples=np.inf if exact else 99_999, rng=0,
+    )
+    return float(result.pvalue)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], resolution: float | None = None) -> dict[str, float | str]:
+    """Paired test of a - b (same seeds, same order): the t-test, or the exact sign-flip test where the
+    t-test is degenerate; the Wilcoxon signed-rank test beside it. NaN where nothing can be tested.
+
+    resolution: the metric's smallest step (1 / test-set size for an accuracy), where known. Differences
+    whose spread is below half of it (a grid of k/N: the same number of test examples on every seed), or
+    below float noise (NOISE times the values' magnitude) when it is not given, have no variance to test:
+    t would be infinite and its p 0, and scipy returns p ~ 1e-30 for noise-sized variance. They are
+    tested by the sign-flip test of their common value, whose p is 2/2^n for n seeds (0.125 for 4), or
+    not at all where that value is 0 (within the same bound).
+
+    Returns n_pairs, mean_diff, test ("t" or "sign-flip", "" where none), p (the p of that test: what
+    Holm and the report use), t and p_t (the t-test; NaN where degenerate), p_sign_flip (the sign-flip
+    test of the differences, always where n >= 1) and p_wilcoxon. With n pairs the t-test has n-1
+    degrees of freedom and assumes normal differences; the exact two-sided Wilcoxon test cannot reach
+    p < 0.05 with fewer than 6 pairs, nor the sign-flip test with fewer than 6.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = a - b
-    out = {
-        "n_pairs": len(d),
-        "mean_diff": float(d.mean()) if len(d) else math.nan,
+    n = len(d)
+    out: dict[str, float | str] = {
+        "n_pairs": n,
+        "mean_diff": float(d.mean()) if n else math.nan,
+        "test": "",
+        "p": math.nan,
         "t": math.nan,
         "p_t": math.nan,
+        "p_sign_flip": math.nan,
         "p_wilcoxon": math.nan,
     }
-    if len(d) >= 2 and np.ptp(d) > 0:
-        t = stats.ttest_rel(a, b)
-        out.update(t=float(t.statistic), p_t=float(t.pvalue))
-    elif len(d) >= 2 and d[0] != 0:  # every seed moved by the same amount: no variance, the sign is certain
-        out.update(t=math.copysign(math.inf, d[0]), p_t=0.0)
-    if len(d) >= 1 and (d != 0).any():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy warns about small n; the caveat is in the report
-            out["p_wilcoxon"] = float(stats.wilcoxon(a, b).pvalue)
+    if n < 2:  # one seed: a difference, nothing to test it against
+        return out
+    scale = max(float(np.abs(a).max()), float(np.abs(b).max()))
+    floor = resolution / 2 if resolution else NOISE * scale  # below this, two numbers are one
+    constant = np.ptp(d) < floor if resolution else np.ptp(d) <= floor
+    if constant:  # one value, up to resolution or noise: test it as exactly that value
+        if abs(out["mean_diff"]) < floor or out["mean_diff"] == 0:
+            return out  # no shift at all: no evidence either way
+        d = np.full(n, out["mean_diff"])
+        out["p_sign_flip"] = sign_flip(d)
+        out.update(test="sign-flip", p=out["p_sign_flip"])
+    else:
+        out["p_sign_flip"] = sign_flip(d)
+        if n >= 2:
+            t = stats.ttest_rel(a, b)
+            out.update(test="t", p=float(t.pvalue), t=float(t.statistic), p_t=float(t.pvalue))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about small n; the caveat is in the report
+        out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
     return out
 
 
@@ -273,40 +322,49 @@ def compare(
     metric: str = "test_acc",
     by: str | Sequence[str] | None = None,
     alpha: float = 0.05,
+    resolution: float | None = None,
 ) -> pd.DataFrame:
     """Every pair of `hue` values at each level of each context, paired by seed, Holm-corrected.
 
     by: the context columns (default: the condition columns without `hue`). One row per context x level
-    x pair, `higher` being the value with the higher mean: higher, higher_mean, lower, lower_mean,
-    n_pairs, mean_diff (higher - lower over the common seeds), t, p_t (paired t-test), p_wilcoxon, p_holm
-    (p_t adjusted by Holm over every test in the table: all levels, pairs and contexts are one family)
-    and significant (p_holm < alpha).
+    x pair. Everything in a row is over the pair's shared seeds (a seed missing in one group is left out
+    of both), so that the difference is the one tested: higher/lower (higher: the value with the higher
+    mean over those seeds; ties and pairs without a shared seed keep the order of the means over all
+    seeds), higher_mean, lower_mean, n_pairs, mean_diff (higher_mean - lower_mean, >= 0), then
+    higher_seeds/lower_seeds (each group's own seed count at the level), the columns of `paired_test`
+    (test, p, t, p_t, p_sign_flip, p_wilcoxon; `resolution` is passed on), p_holm (p adjusted by Holm
+    over every test in the table: all levels, pairs and contexts are one family) and significant
+    (p_holm < alpha).
     """
     context = [c for c in _by(df, by) if c != hue]
     seeds = per_seed(df, metric, [*context, hue])
     rows = []
     for key, group in seeds.groupby([*context, LEVEL], dropna=False, sort=True):
         means = group.groupby(hue, dropna=False)[metric].mean().sort_values(ascending=False, kind="stable")
+        counts = group.groupby(hue, dropna=False)[SEED].nunique()
         wide = group.pivot_table(index=SEED, columns=hue, values=metric, dropna=False)
-        for i, hi in enumerate(means.index):
-            for lo in means.index[i + 1 :]:
-                pair = wide[[hi, lo]].dropna()
+        for i, first in enumerate(means.index):
+            for second in means.index[i + 1 :]:
+                pair = wide[[first, second]].dropna()
+                hi, lo = (second, first) if pair[second].mean() > pair[first].mean() else (first, second)
                 rows.append(
                     {
                         **dict(zip([*context, LEVEL], key)),
                         "metric": metric,
                         "hue": hue,
                         "higher": hi,
-                        "higher_mean": means[hi],
+                        "higher_mean": pair[hi].mean() if len(pair) else math.nan,
                         "lower": lo,
-                        "lower_mean": means[lo],
+                        "lower_mean": pair[lo].mean() if len(pair) else math.nan,
+                        "higher_seeds": int(counts[hi]),
+                        "lower_seeds": int(counts[lo]),
                         "n_groups": len(means),
-                        **paired_test(pair[hi], pair[lo]),
+                        **paired_test(pair[hi], pair[lo], resolution),
                     }
                 )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out["p_holm"] = holm(out["p_t"])
+    out["p_holm"] = holm(out["p"])
     out["significant"] = out["p_holm"] < alpha
     return out

@@ -239,10 +239,11 @@ def test_cli_writes_tables_figures_and_report(sweeps):
         "figures/tradeoff.pdf",
         "figures/training.png",
         "figures/layers.png",
-        "figures/flops.png",
         "figures/ticket.png",
     ):
         assert (out / name).stat().st_size > 0, name
+    # penguin MLPs: every weight costs the same FLOPs, so a FLOPs figure would repeat the trade-off
+    assert not (out / "figures/flops.png").exists()
     # 12 magnitude runs x 2 levels, 4 imp runs x 4
     assert len(pd.read_parquet(out / "runs.parquet")) == len(pd.read_csv(out / "runs.csv")) == 24 + 16
     summary = pd.read_csv(out / "summary.csv")
@@ -260,6 +261,7 @@ def test_cli_writes_tables_figures_and_report(sweeps):
     for name in ("torn_results", "killed_mid_run", sweeps["bad"].name):
         assert name in report
     assert "3 not complete" in done.stdout
+    assert "The FLOPs figure is left out" in report.split("## Figures")[1]
 
 
 def test_cli_missing_folder_is_one_clear_error(sweeps):

@@ -26,7 +26,7 @@ from conftest import ROOT, TINY, computed, job_from_config, read_json, run_cli
 
 from prune_lab.api import prepare
 from prune_lab.bookkeeping import override_dirname_excludes
-from prune_lab.cache import DenseCache, entry_distrust, folder_distrust
+from prune_lab.cache import DenseCache
 from prune_lab.config import config_hash
 from prune_lab.storage import CHECKSUM, PhaseStore
 
@@ -175,7 +175,7 @@ def user(name: str) -> pwd.struct_passwd:
 
 def tampered(folder: Path, trust: str) -> tuple[DenseCache, str, dict[Path, bytes]]:
     """A cache whose entry for ("dense", 1) holds altered weights (666) with a matching checksum."""
-    cache = DenseCache(folder, {"seed": 0}, trust)
+    cache = DenseCache(folder, {"seed": 0}) if trust == "owner" else DenseCache(folder, {"seed": 0}, trust)
     key = cache.key("dense", 1)
     cache.store(key, {"model": {"w": torch.full((3,), 666.0)}, "history": [{"epoch": 1}]}, {})
     return cache, key, {p: p.read_bytes() for p in cache._paths(key)[:2]}
@@ -206,6 +206,8 @@ def test_cache_trust_group_uses_entries_of_the_folders_group_only_and_everyone_u
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A lab's shared cache: a folder of group nogroup, writable by the group (2770). `nobody` (primary group
     nogroup) is in the group; `daemon` is not."""
+    from prune_lab.cache import entry_distrust, folder_distrust
+
     need_root()
     nobody, daemon = user("nobody"), user("daemon")
     lab = nobody.pw_gid

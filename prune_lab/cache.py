@@ -309,6 +309,7 @@ class DenseCache:
     def __init__(self, folder: Path, basis: Mapping[str, Any], trust: str = "owner"):
         self.folder, self.basis, self.trust = folder, dict(basis), trust
         self._untrusted: set[str] = set()  # keys whose entry is someone else's: ignored once, never overwritten
+        self._unreadable: set[str] = set()  # keys whose entry could not be read (said once)
         try:
             make_private_folder(folder)
             # A probe of its own: jobs starting together must not delete each other's.
@@ -385,9 +386,11 @@ class DenseCache:
                 where = manifest_path
         except FileNotFoundError:
             return None  # no entry, or one being written (its manifest comes last)
-        except OSError as e:
-            _say(f"cannot read the dense-cache entry {data_path} ({e}); this job trains its own (check "
-                 "cache_dir's permissions, or set cache_dir=null)")
+        except OSError as e:  # said once, though build_once looks twice
+            if key not in self._unreadable:
+                self._unreadable.add(key)
+                _say(f"cannot read the dense-cache entry {data_path} ({e}); this job trains its own (check "
+                     "cache_dir's permissions, or set cache_dir=null)")
             return None
         if why is not None:
             if key not in self._untrusted:

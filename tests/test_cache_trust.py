@@ -15,8 +15,12 @@ import io
 import json
 import os
 import pwd
+import shutil
 import stat
 import subprocess
+import sys
+import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -312,6 +316,42 @@ def test_a_failure_inside_training_is_not_taken_for_a_cache_failure(tmp_path: Pa
 
     with pytest.raises(OSError, match="the run folder"):
         cache.fetch_or_train("dense", 1, train)
+
+
+AS_NOBODY = textwrap.dedent("""
+    import json, sys, torch
+    from pathlib import Path
+    from prune_lab.cache import DenseCache
+    cache = DenseCache(Path(sys.argv[1]), {"seed": 0})
+    key = cache.key("dense", 1)
+    cache.store(key, {"model": {"w": torch.zeros(3)}, "history": []}, {})
+    cache._paths(key)[0].chmod(0)  # an entry of this user's that this user cannot read: EACCES
+    outcome = cache.fetch_or_train("dense", 1, lambda: {"model": {"w": torch.ones(3)}, "history": []})
+    print(json.dumps({"hit": outcome.hit, "w": outcome.state["model"]["w"].tolist(),
+                      "stored": cache.load(key) is not None}))
+""")
+
+
+def test_an_unreadable_entry_is_one_line_and_the_job_trains_and_stores_its_own() -> None:
+    """Run as the real user `nobody` (root reads any file, so root cannot meet EACCES)."""
+    need_root()
+    nobody = user("nobody")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run a process as nobody")
+    base = Path(tempfile.mkdtemp(prefix="prune_lab_nobody."))  # not under tmp_path: nobody cannot enter that
+    try:
+        os.chmod(base, 0o755)
+        os.chown(base, nobody.pw_uid, nobody.pw_gid)
+        done = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                               sys.executable, "-c", AS_NOBODY, str(base / "cache")], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(base)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.splitlines()[-1]) == {"hit": False, "w": [1.0, 1.0, 1.0], "stored": True}
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("prune_lab: cannot read the dense-cache entry "), lines
+        assert "Permission denied" in lines[0]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.slow

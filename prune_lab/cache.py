@@ -310,6 +310,7 @@ class DenseCache:
         self.folder, self.basis, self.trust = folder, dict(basis), trust
         self._untrusted: set[str] = set()  # keys whose entry is someone else's: ignored once, never overwritten
         self._unreadable: set[str] = set()  # keys whose entry could not be read (said once)
+        self._seen_corrupt: dict[Path, str] = {}  # corrupt entries found without the lock, not named yet
         try:
             make_private_folder(folder)
             # A probe of its own: jobs starting together must not delete each other's.
@@ -417,8 +418,10 @@ class DenseCache:
         return state
 
     def _corrupt(self, data_path: Path, why: str, locked: bool) -> None:
-        if not locked:
+        if not locked:  # named by the locked look that follows, or by build() when locking fails
+            self._seen_corrupt[data_path] = why
             return None
+        self._seen_corrupt.pop(data_path, None)
         try:
             moved = f"moved it to {set_aside(data_path).name}"
             set_aside(data_path.with_suffix(".json"))
@@ -448,6 +451,10 @@ class DenseCache:
 
         def build() -> dict[str, Any]:
             trained["running"] = True
+            why = self._seen_corrupt.pop(self._paths(key)[0], None)
+            if why is not None:  # built without the lock (locking failed): the corrupt entry is replaced, not kept
+                _say(f"ignoring a corrupt dense-cache entry {self._paths(key)[0]} ({why}); this job trains its own "
+                     "and replaces it")
             state = train()
             trained.update(running=False, state=state)
             if key not in self._untrusted:  # never replace someone else's entry

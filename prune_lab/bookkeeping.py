@@ -23,6 +23,7 @@ BOOKKEEPING: tuple[str, ...] = (
     "device",                    # auto | cpu | cuda: where it runs (the cache key records the device type used)
     "threads",                   # CPU threads for torch (the cache key records the count used)
     "cache_dir",                 # where the dense-training cache lives
+    "cache_trust",               # whose dense-cache entries are used (a served entry equals training's outcome)
     "keep_checkpoints",          # whether a finished run keeps its resumable checkpoints
     "keep_tickets",              # whether every level's weights and mask are saved (tickets/)
     "measure",                   # which payoff fields are measured (timings are not the experiment)

@@ -122,8 +122,11 @@ class Job:
             self.resumed.append({"phase": phase, "restored": True})
             return
         if shareable and self.dense_cache is not None:
+            # A cache failure (full, unreadable) is one line inside: the outcome is then this job's own training,
+            # stored below in the run's PhaseStore as any phase's; `like`: an entry must fit this model exactly.
             outcome = self.dense_cache.fetch_or_train(
-                phase, epochs, lambda: self._train_phase(phase, epochs, on_step, loss_fn))
+                phase, epochs, lambda: self._train_phase(phase, epochs, on_step, loss_fn),
+                like=self.model.state_dict())
             self.cached_phases.append({"phase": phase, "key": outcome.key, "hit": outcome.hit})
             history = outcome.state["history"]
             if outcome.hit:  # another job trained this exact phase: same inputs, so the same outcome

@@ -38,11 +38,11 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -53,8 +53,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode(), mode)
+
+
+def one_line(error: BaseException, most: int = 160) -> str:
+    """An exception as one short line (torch's weights-only refusal, say, spans several lines)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:most]}"
+
+
+def load_plain(data: bytes) -> Any:
+    """What prune_lab wrote with torch.save, read back as data only (`weights_only=True`): tensors, dicts, lists,
+    numbers, strings. Nothing in the file is executed; a pickle that names any other class or function is refused
+    (an UnpicklingError), so a tampered checkpoint or cache entry cannot run code."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -165,13 +177,13 @@ class PhaseStore:
                 data, digest = raw[: -(len(CHECKSUM) + 64)], raw[-64:].decode()
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise ValueError("its bytes fail their sha256 check")
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            state = load_plain(data)  # verified, then read as data only: never executed
             if not isinstance(state, dict):
                 raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
             return state
-        except Exception as e:  # torn by a disk fault, overwritten, truncated: never fatal, never used
+        except Exception as e:  # torn by a disk fault, overwritten, truncated, tampered: never fatal, never used
             aside = set_aside(path)
-            print(f"prune_lab: checkpoint {path} does not load ({type(e).__name__}: {str(e)[:120]}); moved it to "
+            print(f"prune_lab: checkpoint {path} does not load ({one_line(e, 120)}); moved it to "
                   f"{aside.name} and this phase restarts from the last good point", file=sys.stderr, flush=True)
             return None
 

@@ -196,13 +196,15 @@ REMOTE_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", 
 
 
 def _process_start() -> float:
-    """This process's start (seconds since the epoch), from /proc; its import time where /proc is absent."""
+    """This process's start (seconds since the epoch), from /proc; its import time where /proc is absent.
+
+    /proc counts in clock ticks (10 ms) since boot, rounded down: rounded up here, so a file written just
+    before this process was forked (a relaunch right after a kill) counts as older than it."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - (ticks + 1) / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED
 
 

@@ -206,12 +206,94 @@ class PhaseStore:
             self.folder.rmdir()
 
 
-def clean_leftovers(run_dir: Path, keep_checkpoints: bool = False) -> None:
-    """What a complete run no longer needs: temp files of a kill during its last writes and, unless kept,
-    its checkpoints (a kill between writing results.json and clearing them leaves them behind)."""
-    removed = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+# Which `.*.tmp` files (left by atomic writes killed part-way: `kill -9`, preemption) are stale. Their names
+# carry no writer pid (mkstemp's random part), and several processes may write into one run folder at once
+# (two launches of one command, a sweep relaunched while jobs still run, on other nodes too), so a temp file
+# is removed only when no live writer can own it: untouched for STALE_AFTER_S (every atomic write here
+# finishes in seconds: a longer-lived temp file's writer is dead, on whatever node it ran), or last written
+# before this process started on a local filesystem; and never while a process on this machine holds it open
+# (/proc/*/fd). A writer keeps its temp file open while writing and renames it within microseconds of closing
+# it, so on a local disk "older than us and open nowhere" is dead; a writer on another node is invisible to
+# /proc, so on NFS, Lustre, GPFS... only the age rule applies.
+STALE_AFTER_S = 600
+REMOTE_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fuse", "panfs", "afs", "9p")
+
+
+def _process_start() -> float:
+    """This process's start (seconds since the epoch), from /proc; its import time where /proc is absent.
+
+    /proc counts in clock ticks (10 ms) since boot, rounded down: rounded up here, so a file written just
+    before this process was forked (a relaunch right after a kill) counts as older than it."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - (ticks + 1) / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def _open_here() -> set[str] | None:
+    """Every file some process on this machine holds open (None when /proc cannot tell)."""
+    held: set[str] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return held
+
+
+def _remote(path: Path) -> bool:
+    """Whether `path` is on a network or cluster filesystem (its mount in /proc/mounts), or cannot tell."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return True
+    target = str(path.resolve())
+    best = max((m for m in mounts if target == m[0] or target.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best is None or best[1].split(".")[0] in REMOTE_FS
+
+
+def stale_temp_files(*folders: Path) -> list[Path]:
+    """The `.*.tmp` files in `folders` that no live writer can own (see STALE_AFTER_S above)."""
+    found = [p for folder in folders for p in folder.glob(".*.tmp") if p.is_file()]
+    if not found:
+        return []
+    started, now = _process_start(), time.time()
+    held = _open_here()
+    local = held is not None and not _remote(found[0].parent)
+    stale = []
+    for path in found:
+        with contextlib.suppress(OSError):
+            if held is not None and str(path.resolve()) in held:
+                continue  # a writer on this machine has it open, however old
+            mtime = path.stat().st_mtime
+            if now - mtime > STALE_AFTER_S or (local and mtime < started):
+                stale.append(path)
+    return stale
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the stale temp files of `run_dir` and its checkpoints/ (what kills during atomic writes left,
+    which would otherwise pile up across kills), at the start of a run into that folder."""
+    removed = stale_temp_files(run_dir, run_dir / "checkpoints")
     for path in removed:
         path.unlink(missing_ok=True)
+    return removed
+
+
+def clean_leftovers(run_dir: Path, keep_checkpoints: bool = False) -> None:
+    """What a complete run no longer needs: stale temp files of a kill during its last writes and, unless
+    kept, its checkpoints (a kill between writing results.json and clearing them leaves them behind)."""
+    removed = remove_stale_temp_files(run_dir)
     checkpoints = run_dir / "checkpoints"
     if not keep_checkpoints and checkpoints.is_dir():
         shutil.rmtree(checkpoints, ignore_errors=True)

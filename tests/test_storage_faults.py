@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from prune_lab.collapse import certain_collapse
 from prune_lab.data.torchvision_sets import idx_problem
 from prune_lab.evaluation import Score, measure_level
-from prune_lab.storage import PhaseStore, clean_leftovers
+from prune_lab.storage import PhaseStore, _process_start, clean_leftovers, stale_temp_files
 
 BUILDER = textwrap.dedent("""
     import sys, time
@@ -71,6 +72,7 @@ def test_a_checkpoint_with_a_flipped_byte_fails_its_checksum(tmp_path: Path, cap
 
 def test_clean_leftovers_removes_temp_files_and_checkpoints_unless_kept(tmp_path: Path) -> None:
     (tmp_path / ".masks.json.x1.tmp").write_text("{")
+    os.utime(tmp_path / ".masks.json.x1.tmp", (time.time() - 700, time.time() - 700))  # an earlier process's
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "dense.done.pt").write_bytes(b"x")
     (tmp_path / "results.json").write_text("{}")
@@ -78,6 +80,20 @@ def test_clean_leftovers_removes_temp_files_and_checkpoints_unless_kept(tmp_path
     assert (tmp_path / "checkpoints" / "dense.done.pt").exists() and not list(tmp_path.glob(".*.tmp"))
     clean_leftovers(tmp_path)
     assert not (tmp_path / "checkpoints").exists() and (tmp_path / "results.json").exists()
+
+
+def test_a_temp_file_is_stale_when_old_or_older_than_this_process_and_open_nowhere(tmp_path: Path) -> None:
+    fresh, older, ancient, held = (tmp_path / f".{name}.pt.x.tmp" for name in ("fresh", "older", "ancient", "held"))
+    for path in (fresh, older, ancient, held):
+        path.write_bytes(b"x")
+    before_us = _process_start() - 5
+    for path, mtime in ((older, before_us), (ancient, time.time() - 700), (held, before_us)):
+        os.utime(path, (mtime, mtime))
+    with held.open("ab"):  # a live writer on this machine has it open
+        stale = set(stale_temp_files(tmp_path))
+    assert fresh not in stale  # written since this process started: maybe a concurrent writer's
+    assert held not in stale
+    assert older in stale and ancient in stale
 
 
 def test_idx_problem_checks_the_size_the_header_promises(tmp_path: Path) -> None:

@@ -11,10 +11,15 @@ from prune_lab.errors import UserError
 from prune_lab.threads import resolve_threads
 
 
-def test_auto_follows_the_launcher_then_slurm_then_torch(monkeypatch):
+def test_auto_follows_the_launcher_then_slurm_then_omp_then_the_free_cores(monkeypatch):
     monkeypatch.delenv("PRUNE_LAB_THREADS", raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    assert resolve_threads("auto") is None
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert resolve_threads("auto") == 8  # an idle machine: every usable core
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert resolve_threads("auto") == 2
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert resolve_threads("auto") == 3
     monkeypatch.setenv("PRUNE_LAB_THREADS", "1")

@@ -18,7 +18,8 @@ LAUNCHERS = [
     pytest.param("prune_lab_one_process", [], id="one_process"),
     pytest.param("prune_lab_local", ["hydra.launcher.parallelism=2", "hydra.launcher.gpus_per_node=0"], id="warm"),
     pytest.param("prune_lab_local", ["hydra.launcher.warm=false", "hydra.launcher.parallelism=2",
-                                     "hydra.launcher.gpus_per_node=0"], id="warm_false"),
+                                     "hydra.launcher.gpus_per_node=0"], id="warm_false",
+                 marks=pytest.mark.slow),  # a process per job: seconds each
 ]
 
 
@@ -33,6 +34,7 @@ def _app(launcher: str, **settings: object) -> dict:
             "hydra": {"launcher": settings}}
 
 
+@pytest.mark.slow  # 33 subprocess apps: minutes
 @pytest.mark.parametrize("task_launcher_cfg, extra_flags", [
     pytest.param(_app("prune_lab_one_process"), ["-m"], id="one_process"),
     pytest.param(_app("prune_lab_local", parallelism=2, gpus_per_node=0), ["-m"], id="warm"),

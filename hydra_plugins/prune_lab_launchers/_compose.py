@@ -19,13 +19,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType, ValueType
+from omegaconf import OmegaConf
+
+from hydra_plugins.prune_lab_launchers import _hydra
+
 log = logging.getLogger(__name__)
 
 
 class SweepComposer:
     def __init__(self, loader: Any, master: Any):
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         self.loader, self.master = loader, master
         self.parser = OverridesParser.create()
         self.templates: dict[tuple[Any, ...], list[Any] | None] = {}  # kind -> [config, checked] or None: Hydra's
@@ -38,8 +42,6 @@ class SweepComposer:
         return bool(repository.group_exists(key.replace(".", "/")))
 
     def _plain(self, override: Any) -> bool:
-        from hydra.core.override_parser.types import OverrideType, ValueType
-
         if (override.type != OverrideType.CHANGE or override.package is not None or override.is_hydra_override()
                 or override.value_type != ValueType.ELEMENT or self._is_group(override.key_or_group)):
             return False
@@ -65,9 +67,6 @@ class SweepComposer:
             self.compose(job)
 
     def compose(self, overrides: Sequence[str]) -> Any:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-        from omegaconf import OmegaConf
-
         try:
             parsed = self.parser.parse_overrides(list(overrides))
             values = [o for o in parsed if self._plain(o)]
@@ -82,13 +81,12 @@ class SweepComposer:
         if entry is None:
             return self._hydra(overrides)
         cfg = copy.deepcopy(entry[0])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        _hydra.apply_overrides(values, cfg)
         task = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.task = [o.input_line for o in task]
         dirname = cfg.hydra.job.config.override_dirname
-        cfg.hydra.job.override_dirname = get_overrides_dirname(overrides=task, kv_sep=dirname.kv_sep,
-                                                               item_sep=dirname.item_sep,
-                                                               exclude_keys=dirname.exclude_keys)
+        cfg.hydra.job.override_dirname = _hydra.overrides_dirname(task, dirname.kv_sep, dirname.item_sep,
+                                                                  dirname.exclude_keys)
         OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
         if not entry[1]:  # the first of its kind: must be exactly what Hydra composes
             hydra = self._hydra(overrides)
@@ -102,10 +100,8 @@ class SweepComposer:
         return cfg
 
     def _hydra(self, overrides: Sequence[str]) -> Any:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
         self.full += 1  # Hydra's own, also when the loader is a FastSweepLoader
-        return ConfigLoaderImpl.load_sweep_config(self.loader, self.master, list(overrides))
+        return _hydra.load_sweep_config(self.loader, self.master, overrides)
 
 
 _COMPOSERS: dict[int, SweepComposer] = {}
@@ -119,33 +115,18 @@ def composer(loader: Any, master: Any) -> SweepComposer:
     return _COMPOSERS[key]
 
 
-def _fast_loader_class() -> type:
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+class FastSweepLoader(_hydra.ConfigLoader):  # type: ignore[misc,valid-type]
+    """Hydra's config loader whose load_sweep_config goes through the sweep's SweepComposer.
 
-    class FastSweepLoader(ConfigLoaderImpl):
-        """Hydra's config loader whose load_sweep_config goes through the sweep's SweepComposer.
+    Hydra's sweeper composes every job once to validate the batch before launching (serially, in the
+    launching process); with this loader that validation also fills the composer, which the warm
+    workers then inherit."""
 
-        Hydra's sweeper composes every job once to validate the batch before launching (serially, in the
-        launching process); with this loader that validation also fills the composer, which the warm
-        workers then inherit."""
-
-        def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
-            return composer(self, master_config).compose(sweep_overrides)
-
-    FastSweepLoader.__module__ = __name__
-    FastSweepLoader.__qualname__ = "FastSweepLoader"
-    return FastSweepLoader
+    def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
+        return composer(self, master_config).compose(sweep_overrides)
 
 
 def make_fast(loader: Any) -> None:
     """Swap a Hydra ConfigLoaderImpl for FastSweepLoader in place (same state; picklable by reference)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    if type(loader) is ConfigLoaderImpl:
+    if type(loader) is _hydra.ConfigLoader:
         loader.__class__ = FastSweepLoader
-
-
-try:  # defined at import so that pickles (a launcher sent to a SLURM task) find it by name
-    FastSweepLoader = _fast_loader_class()
-except ImportError:  # Hydra missing: nothing to speed up
-    FastSweepLoader = None  # type: ignore[assignment,misc]

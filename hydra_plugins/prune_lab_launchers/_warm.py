@@ -31,7 +31,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[Any, dict[str, Any]], dict[str, Any]]  # (task, worker info) -> outcome (a plain dict)
+Work = Callable[[Any, dict[str, Any]], Any]  # (task, worker info) -> the task's outcome (it crosses a pipe)
+Lost = Callable[[Any, str, Path], Any]  # (task, reason, worker log) -> the outcome of a task that never returned
 
 
 def usable_cores() -> int:
@@ -90,7 +91,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _serve(conn: Any, work: Work, info: dict[str, Any], log_path: str) -> None:
+def _serve(conn: Any, work: Work, lost: Lost, info: dict[str, Any], log_path: str) -> None:
     """A worker's life: set up once, then run the tasks it is sent until it is sent None."""
     for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         # SIGINT: Ctrl-C is the launcher's to handle (it stops the workers). SIGUSR1/2: a SLURM time-limit or
@@ -114,7 +115,7 @@ def _serve(conn: Any, work: Work, info: dict[str, Any], log_path: str) -> None:
         try:
             outcome = work(task, info)
         except BaseException as e:  # a bug of the work function itself: report it as the job's failure
-            outcome = {"status": "failed", "reason": f"{type(e).__name__}: {e} (in the warm worker)"}
+            outcome = lost(task, f"{type(e).__name__}: {e} (in the warm worker)", Path(log_path))
         fresh_job_state()
         conn.send(outcome)
 
@@ -129,100 +130,110 @@ class _Worker:
 class WarmPool:
     """`size` forked workers running `work(task, info)` for each task, `threads` torch threads each.
 
-    `info` holds the worker's number, pid and environment; `lost(task, reason, log_path)` makes the outcome
-    of a task whose worker died. `progress(outcome, done, running, left)` is called as each task ends."""
+    `info` holds the worker's number, pid and environment (`env` added to each's); `lost(task, reason, log_path)`
+    makes the outcome of a task whose worker died. An outcome gets the `worker`, `worker_pid` and `job_s` (wall
+    seconds) of its run; `progress(outcome, done, running, left)` is called as each task ends. `stopping()` true:
+    start nothing more (the process is being stopped)."""
 
-    def __init__(self, work: Work, size: int, threads: int, log_dir: Path,
-                 lost: Callable[[Any, str, Path], dict[str, Any]], gpus: Sequence[str] | None = None):
+    def __init__(self, work: Work, size: int, threads: int, log_dir: Path, lost: Lost,
+                 gpus: Sequence[str] | None = None, env: dict[str, str] | None = None,
+                 stopping: Callable[[], bool] | None = None):
         self.work, self.size, self.threads, self.log_dir, self.lost = work, size, threads, Path(log_dir), lost
-        self.gpus = list(gpus or [])
+        self.gpus, self.extra_env = list(gpus or []), dict(env or {})
+        self.stopping = stopping or (lambda: False)
         self.context = multiprocessing.get_context("fork")
-        self.stopping: Callable[[], bool] = lambda: False  # True: start nothing more (the process is being stopped)
+        self.workers: list[_Worker] = []
+        self.numbers = iter(range(10**9))
 
     def _env(self, number: int) -> dict[str, str]:
         env = {"PRUNE_LAB_THREADS": os.environ.get("PRUNE_LAB_THREADS") or str(self.threads),
                "PRUNE_LAB_WARM_WORKER": str(number)}
         if len(self.gpus) > 1:  # several GPUs: the workers take turns (one GPU shared by all when there is one)
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[number % len(self.gpus)]
-        return env
+        return {**env, **self.extra_env}
 
-    def _start(self, number: int) -> _Worker:
+    def _start(self) -> _Worker:
+        number = next(self.numbers)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"worker-{number}.log"
         ours, theirs = self.context.Pipe()
         info = {"number": number, "env": self._env(number), "log": str(log_path)}
         sys.stdout.flush()
         sys.stderr.flush()
-        process = self.context.Process(target=_serve, args=(theirs, self.work, info, str(log_path)),
+        process = self.context.Process(target=_serve, args=(theirs, self.work, self.lost, info, str(log_path)),
                                        name=f"prune_lab-warm-{number}")
         process.start()
         theirs.close()
-        return _Worker(number, process, ours, log_path)
+        worker = _Worker(number, process, ours, log_path)
+        self.workers.append(worker)
+        return worker
 
-    def run(self, tasks: Sequence[Any],
-            progress: Callable[[dict[str, Any], int, int, int], None] | None = None) -> list[dict[str, Any]]:
-        outcomes: list[dict[str, Any] | None] = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
-        workers: list[_Worker] = []
-        numbers = iter(range(10**9))
-        done = 0
+    def _give(self, worker: _Worker) -> None:
+        if self.pending and not self.stopping():
+            worker.task, worker.started = self.pending.popleft(), time.perf_counter()
+            worker.conn.send(self.tasks[worker.task])
 
-        def give(worker: _Worker) -> None:
-            if pending and not self.stopping():
-                worker.task, worker.started = pending.popleft(), time.perf_counter()
-                worker.conn.send(tasks[worker.task])
+    def _finish(self, worker: _Worker, outcome: Any) -> None:
+        assert worker.task is not None
+        outcome.worker, outcome.worker_pid = worker.number, worker.process.pid
+        outcome.job_s = time.perf_counter() - worker.started
+        self.outcomes[worker.task], worker.task = outcome, None
+        if self.progress is not None:
+            done = sum(o is not None for o in self.outcomes)
+            self.progress(outcome, done, sum(w.task is not None for w in self.workers), len(self.pending))
 
-        def finish(worker: _Worker, outcome: dict[str, Any]) -> None:
-            nonlocal done
-            assert worker.task is not None
-            outcome.setdefault("worker", worker.number)
-            outcome.setdefault("worker_pid", worker.process.pid)
-            outcome.setdefault("job_s", time.perf_counter() - worker.started)
-            outcomes[worker.task], worker.task, done = outcome, None, done + 1
-            if progress is not None:
-                progress(outcome, done, sum(w.task is not None for w in workers), len(pending))
+    def _received(self, worker: _Worker) -> Any:
+        try:
+            return worker.conn.recv() if worker.conn.poll() else None
+        except (EOFError, OSError):
+            return None
 
+    def _replace(self, worker: _Worker) -> None:
+        """The worker died in the middle of its job: that job failed; a fresh worker takes the rest."""
+        assert worker.task is not None
+        worker.process.join()
+        code = worker.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        reason = f"the warm worker running it (pid {worker.process.pid}) died ({how})"
+        self._finish(worker, self.lost(self.tasks[worker.task], reason, worker.log_path))
+        self.workers.remove(worker)
+        worker.conn.close()
+        if self.pending and not self.stopping():
+            self._give(self._start())
+
+    def _stop(self) -> None:
+        """Every worker ends (terminated if it must: runs resume from their checkpoints)."""
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in self.workers:
+            worker.process.join(timeout=30 if worker.task is None else 0)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+
+    def run(self, tasks: Sequence[Any], progress: Callable[[Any, int, int, int], None] | None = None) -> list[Any]:
+        """Every task's outcome, in the order of `tasks` (None for a task never started: the pool was stopping)."""
+        self.tasks, self.progress = list(tasks), progress
+        self.outcomes: list[Any] = [None] * len(self.tasks)
+        self.pending = deque(range(len(self.tasks)))
         prewarm()
         try:
-            for _ in range(min(self.size, len(tasks))):
-                workers.append(self._start(next(numbers)))
-                give(workers[-1])
-            while any(w.task is not None for w in workers):
-                busy = [w for w in workers if w.task is not None]
+            for _ in range(min(self.size, len(self.tasks))):
+                self._give(self._start())
+            while any(w.task is not None for w in self.workers):
+                busy = [w for w in self.workers if w.task is not None]
                 wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
                 for worker in busy:
-                    outcome = None
-                    try:
-                        if worker.conn.poll():
-                            outcome = worker.conn.recv()
-                    except (EOFError, OSError):
-                        outcome = None
+                    outcome = self._received(worker)
                     if outcome is not None:
-                        finish(worker, outcome)
-                        give(worker)
-                    elif not worker.process.is_alive():  # died in the middle of its job
-                        worker.process.join()
-                        code = worker.process.exitcode
-                        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-                        reason = f"the warm worker running it (pid {worker.process.pid}) died ({how})"
-                        finish(worker, self.lost(tasks[worker.task], reason, worker.log_path))
-                        workers.remove(worker)
-                        worker.conn.close()
-                        if pending and not self.stopping():  # a fresh worker for the rest
-                            workers.append(self._start(next(numbers)))
-                            give(workers[-1])
-            for worker in workers:
-                with contextlib.suppress(OSError):
-                    worker.conn.send(None)
-            for worker in workers:
-                worker.process.join(timeout=30)
-        finally:
-            for worker in workers:  # Ctrl-C or an error here: stop every worker (runs resume from checkpoints)
-                if worker.process.is_alive():
-                    worker.process.terminate()
-            for worker in workers:
-                worker.process.join(timeout=10)
-                if worker.process.is_alive():
-                    worker.process.kill()
-                    worker.process.join()
-        return [o if o is not None else {"status": "failed", "reason": "never ran"} for o in outcomes]
+                        self._finish(worker, outcome)
+                        self._give(worker)
+                    elif not worker.process.is_alive():
+                        self._replace(worker)
+        finally:  # also on Ctrl-C or an error here
+            self._stop()
+        return self.outcomes

@@ -1,4 +1,5 @@
-"""`python -m multirun_analysis SWEEP_DIR [SWEEP_DIR ...] --out REPORT_DIR`: tables, statistics, figures, report."""
+"""`python -m multirun_analysis SWEEP_DIR [SWEEP_DIR ...] [--out REPORT_DIR]`: tables, statistics, figures, report
+(default REPORT_DIR: SWEEP_DIR/analysis)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "sweeps", nargs="+", metavar="SWEEP_DIR", help="a sweep folder (hydra.sweep.dir) or run folder"
     )
-    p.add_argument("--out", required=True, help="report folder (created)")
+    p.add_argument("--out", default=None, help="report folder (created); default: <first sweep folder>/analysis")
     p.add_argument("--metric", default="test_acc", help="level field to compare (default test_acc)")
     p.add_argument("--hue", default=AUTO, help="column compared and coloured (default: the first that varies)")
     p.add_argument(
@@ -59,6 +60,8 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out is None:  # beside the runs it reads (no run marker in it, so a later read skips it)
+        args.out = os.path.join(args.sweeps[0], "analysis")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return _error(f"--out {args.out} is a file; give a folder for the report (it is created)")
     t0 = time.perf_counter()

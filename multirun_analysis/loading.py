@@ -193,6 +193,8 @@ def read_run(root: str, run_dir: str) -> dict[str, Any]:
         "torch_version": versions.get("torch"),
         # the configured epochs ("train.epochs=5, train.finetune_epochs=2, ..."): a curve's runs must agree
         "budget": ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k.endswith("epochs")),
+        # examples in the test split (schema 2): an accuracy moves in steps of 1 / test_size
+        "test_size": (record.get("splits") or {}).get("test"),
         "wall_time_s": record.get("wall_time_s"),
         "peak_rss_mb": record.get("peak_rss_mb"),
     }

@@ -157,6 +157,15 @@ def _verdict(row: pd.Series) -> str:
     return f"{verdict} after Holm correction{how}, {p}, n = {row['n_pairs']} seeds"
 
 
+def resolution(runs: pd.DataFrame, metric: str) -> float | None:
+    """An accuracy's smallest step, 1 / the test set's size, when every run records the same size (else None:
+    the paired test then treats only float noise as no difference)."""
+    sizes = runs["test_size"].dropna().unique() if "test_size" in runs and metric.startswith("test_") else []
+    if metric.endswith("_acc") and len(sizes) == 1 and runs["test_size"].notna().all() and sizes[0] > 0:
+        return 1.0 / float(sizes[0])
+    return None
+
+
 def trust_flags(runs: pd.DataFrame, by: Sequence[str]) -> list[str]:
     """One line per curve whose runs differ in what must not differ within a curve: code version, torch
     version, configured budget, or (per level) the recorded epochs_trained."""
@@ -262,7 +271,7 @@ def write_report(
         shown = [c for c in by if c == hue or c in keys] or [c for c in ("model", "pruner") if c in runs]
         summary = summarize(runs, metric, by)
         robust = robustness(runs, metric, by, tolerance)
-        comparisons = compare(runs, hue, metric, by, alpha) if hue else pd.DataFrame()
+        comparisons = compare(runs, hue, metric, by, alpha, resolution(runs, metric)) if hue else pd.DataFrame()
         summary.to_csv(out / "summary.csv", index=False)
         robust.to_csv(out / "robustness.csv", index=False)
         comparisons.to_csv(out / "comparisons.csv", index=False)

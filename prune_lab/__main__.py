@@ -46,7 +46,7 @@ from prune_lab.results import (
     write_results,
 )
 from prune_lab.seeding import generator, seed_everything
-from prune_lab.storage import PhaseStore, atomic_write_bytes, clean_leftovers, set_aside
+from prune_lab.storage import PhaseStore, atomic_write_bytes, clean_leftovers, remove_stale_temp_files, set_aside
 from prune_lab.threads import apply_threads
 
 # Where a run ran: its SLURM job (SLURM_RESTART_COUNT counts requeues) and the GPUs it was given.
@@ -138,6 +138,7 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str],
         return done
     if on_accept is not None:
         on_accept()
+    remove_stale_temp_files(run_dir)  # temp files of writes a kill cut short (never a live writer's)
     progress = Progress(spec.config.get("log_every", "auto"))  # a bad value stops the run here
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)

@@ -70,7 +70,7 @@ def test_a_local_sweep_shows_an_eta_and_ends_with_a_table_naming_failures_and_th
         assert Path(folder).is_dir() and "sparsity=1.5" in Path(folder).name, line
         assert error.startswith("sparsity=1.5 is outside [0, 1)") and "\n" not in error, line
     command = row(rows, "next:")
-    assert command == f"python -m multirun_analysis {sweep} --out {sweep / 'analysis'}"
+    assert command == f"python -m multirun_analysis {sweep}"  # its report goes to {sweep}/analysis
 
     again = run_cli(*grid, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # the complete runs are skipped
     rows = table(again.stdout + again.stderr)

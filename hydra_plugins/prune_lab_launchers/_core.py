@@ -337,7 +337,7 @@ def summary(outcomes: Sequence[JobOutcome], sweep_dir: Path) -> list[str]:
         lines.append("  fix them and rerun the same command: finished runs are skipped, interrupted ones resume")
     if count["completed"] + count["skipped"]:
         folder = shlex.quote(str(sweep_dir))
-        lines.append(f"  next: python -m multirun_analysis {folder} --out {shlex.quote(str(sweep_dir / 'analysis'))}")
+        lines.append(f"  next: python -m multirun_analysis {folder}")
     return lines
 
 

@@ -134,3 +134,34 @@ def test_late_rewound_random_reinitialisation_starts_at_the_rewind_step_as_openl
                         "device=cpu", "cache_dir=null", run_dir=tmp_path, job_type=StartSteps)
     spec.pruner.run(job)
     assert job.starts == {"dense": 0, "round-1": 3, "randomly_reinitialize-1": expected, "randomly_prune-1": 3}
+
+
+# --- MNIST without torchvision (the full-size issue's start-up cost) -------------------------------------------
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_mnist_files_read_directly_equal_torchvisions_loader(data_dir: Path, name: str):
+    import torchvision.datasets as tvd
+
+    from prune_lab.data import torchvision_sets
+
+    ours = getattr(torchvision_sets, name)(data_dir=str(data_dir), val_size=0).load()
+    theirs = getattr(tvd, name)
+    assert getattr(torchvision_sets, name).resources == tuple(theirs.resources)  # same files, same md5s
+    train, test = theirs(str(data_dir), train=True), theirs(str(data_dir), train=False)
+    spec = getattr(torchvision_sets, name)
+    expect = (train.data.unsqueeze(1).float() / 255.0 - spec.mean[0]) / spec.std[0]
+    order = torch.randperm(60_000, generator=torch.Generator().manual_seed(0))  # the split's permutation
+    assert torch.equal(ours.train.x, expect[order]) and torch.equal(ours.train.y, train.targets[order])
+    assert torch.equal(ours.test.y, test.targets) and ours.test.x.shape == (10_000, 1, 28, 28)
+
+
+def test_an_mnist_run_never_imports_torchvision(data_dir: Path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from prune_lab.data.torchvision_sets import MNIST; "
+            f"s = MNIST(data_dir={str(data_dir)!r}, train_subset=100).load(); "
+            "assert len(s.train) == 100; print('torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

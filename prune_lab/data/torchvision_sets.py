@@ -1,16 +1,20 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision's loaders, converted once to normalised tensors.
+"""MNIST, Fashion-MNIST and CIFAR-10 in torchvision's file layout, converted once to normalised tensors.
 
-torchvision reads the files; prune_lab then keeps the whole set as one float tensor and batches it by
-index, so there is no per-sample transform in the training loop. With `download: false` nothing touches
-the network: a folder holding only the `.gz` files torchvision downloads is md5-checked and unpacked.
+prune_lab keeps the whole set as one float tensor and batches it by index, so there is no per-sample transform
+in the training loop. With `download: false` nothing touches the network: a folder holding only the `.gz` files
+torchvision downloads is md5-checked and unpacked. MNIST and Fashion-MNIST are read from their unpacked IDX
+files directly (each verified against the size its header promises), without importing torchvision (about
+2.4 s of every process's start); torchvision is imported only to download them.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -45,6 +49,25 @@ def idx_problem(path: Path) -> str | None:
     return None
 
 
+def read_idx(path: Path) -> Tensor:
+    """An unpacked IDX file of bytes (verified by `idx_problem`) as a uint8 tensor of its header's shape."""
+    data = path.read_bytes()
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+    offset = 4 + 4 * len(dims)
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(*dims)
+
+
+def md5_ok(path: Path, md5: str) -> bool:
+    """torchvision's check_integrity, without importing torchvision."""
+    if not path.is_file():
+        return False
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest() == md5
+
+
 def _holdout(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     if not 0 <= val_size < n:
         raise UserError(f"dataset.val_size={val_size} must be in [0, {n}) for a training set of {n} samples")
@@ -76,23 +99,26 @@ class _MnistLike:
     name = ""
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    folder: ClassVar[str] = ""  # torchvision's folder name under data_dir (<data_dir>/<folder>/raw/)
+    # (file, md5) as torchvision's class lists them in `resources` (tests/test_datasets_studies.py compares)
+    resources: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def _dataset_class(self):
         raise NotImplementedError
 
-    def _prepare_offline(self, cls, root: Path) -> None:
+    def _prepare_offline(self, root: Path) -> None:
         """Every unpacked file torchvision reads, verified; unpacked from its md5-checked `.gz` when missing
         or bad. Safe when several jobs start at once: one unpacks (to a temp name, verified, renamed), the
         others wait for it (prune_lab.storage.build_once, the dense cache's mechanism)."""
-        raw = root / cls.__name__ / "raw"
-        missing = [f for f, _ in cls.resources if not (raw / f).exists() and not (raw / Path(f).stem).exists()]
+        raw = root / self.folder / "raw"
+        missing = [f for f, _ in self.resources if not (raw / f).exists() and not (raw / Path(f).stem).exists()]
         if missing:
             raise UserError(
                 f"{self.name}: {raw} lacks {', '.join(missing)} and dataset.download=false. Put torchvision's "
-                f"{cls.__name__} files there (the .gz files are enough), point dataset.data_dir or "
+                f"{self.folder} files there (the .gz files are enough), point dataset.data_dir or "
                 "$PRUNE_LAB_DATA_DIR at the folder that holds them, or set dataset.download=true where online"
             )
-        for filename, md5 in cls.resources:
+        for filename, md5 in self.resources:
             self._unpacked(raw / filename, md5)
 
     def _unpacked(self, gz: Path, md5: str) -> Path:
@@ -113,9 +139,7 @@ class _MnistLike:
             return None
 
         def build() -> Path:
-            from torchvision.datasets.utils import check_integrity
-
-            if not check_integrity(str(gz), md5):
+            if not md5_ok(gz, md5):
                 raise UserError(f"{self.name}: {gz} fails its md5 check ({md5}); replace the file")
             try:
                 with gzip.open(gz, "rb") as f:
@@ -135,29 +159,29 @@ class _MnistLike:
                           f"{self.name}: another job is unpacking {gz.name}; waiting for it")[0]
 
     def load(self) -> Splits:
-        cls = self._dataset_class()
         root = resolve_data_dir(self.data_dir)
-        if not self.download:
-            self._prepare_offline(cls, root)
-        try:
-            if self.download:  # torchvision downloads and unpacks in place: one job at a time
-                from filelock import FileLock
+        if self.download:  # torchvision downloads and unpacks in place: one job at a time
+            from filelock import FileLock
 
-                (root / cls.__name__).mkdir(parents=True, exist_ok=True)
-                with FileLock(str(root / cls.__name__ / ".download.lock")):
+            cls = self._dataset_class()
+            (root / self.folder).mkdir(parents=True, exist_ok=True)
+            try:
+                with FileLock(str(root / self.folder / ".download.lock")):
                     cls(str(root), train=True, download=True)
-            train_set = cls(str(root), train=True, download=self.download)
-            test_set = cls(str(root), train=False, download=self.download)
-        except RuntimeError as e:
-            raise UserError(f"{self.name}: could not load from {root}: {e}") from e
-        x = _normalise(train_set.data.unsqueeze(1).float() / 255.0, self.mean, self.std)  # [60000, 1, 28, 28]
-        y = train_set.targets.long()
+                    cls(str(root), train=False, download=True)
+            except RuntimeError as e:
+                raise UserError(f"{self.name}: could not download to {root}: {e}") from e
+        self._prepare_offline(root)  # every file verified (and unpacked from its .gz if needed)
+        raw = root / self.folder / "raw"
+        images, labels, test_images, test_labels = (read_idx(raw / Path(f).stem) for f, _ in self.resources)
+        x = _normalise(images.unsqueeze(1).float() / 255.0, self.mean, self.std)  # [60000, 1, 28, 28]
+        y = labels.long()
         train, val = _holdout(len(y), self.val_size, self.split_seed)
         train = _subset(train, self.train_subset)
-        x_test = _normalise(test_set.data.unsqueeze(1).float() / 255.0, self.mean, self.std)
+        x_test = _normalise(test_images.unsqueeze(1).float() / 255.0, self.mean, self.std)
         info = DataInfo(self.name, (1, 28, 28), 10)
         return Splits(
-            info, TensorSet(x[train], y[train]), TensorSet(x[val], y[val]), TensorSet(x_test, test_set.targets.long())
+            info, TensorSet(x[train], y[train]), TensorSet(x[val], y[val]), TensorSet(x_test, test_labels.long())
         )
 
 
@@ -166,6 +190,13 @@ class MNIST(_MnistLike):
     name = "mnist"
     mean: tuple[float, ...] = (0.1307,)
     std: tuple[float, ...] = (0.3081,)
+    folder: ClassVar[str] = "MNIST"
+    resources: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+    )
 
     def _dataset_class(self):
         from torchvision.datasets import MNIST as TorchvisionMNIST
@@ -178,6 +209,13 @@ class FashionMNIST(_MnistLike):
     name = "fashion_mnist"
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
+    folder: ClassVar[str] = "FashionMNIST"
+    resources: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    )
 
     def _dataset_class(self):
         from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST

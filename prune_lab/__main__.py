@@ -9,6 +9,7 @@ skips finished runs and resumes interrupted ones.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -79,10 +80,17 @@ def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device
     threads = apply_threads(spec.threads) if threads is None else threads  # parallel runs share the cores
     seed_everything(spec.seed)
     cache = DenseCache.open(spec.cache_dir, spec.config, device, threads)  # an unwritable cache_dir stops us first
+    started = time.perf_counter()
+    # what start-up is doing, as it happens (a first epoch may be a minute away); log_every=0: no progress lines
+    say = logging.getLogger("prune_lab").info if spec.config.get("log_every") != 0 else (lambda message: None)
+    say(f"loading {spec.choices.get('dataset')}...")
     data = load_once(spec.dataset).to(device)  # a local sweep's jobs share one load of the same dataset
     model = spec.model(data.info)
     spec.init(model, generator(spec.seed, "init"))
     model = model.to(device)
+    say(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test; model "
+        f"{spec.choices.get('model')}: {sum(p.numel() for p in model.parameters()):,} parameters, init "
+        f"{spec.choices.get('init')}, on {device} with {threads} thread(s) ({time.perf_counter() - started:.1f} s)")
     prunable = spec.prunable.names(model)
     params = dict(model.named_parameters())
     spec.pruner.check({n: tuple(params[n].shape) for n in prunable}, data)  # unreachable target, unfit score

@@ -107,3 +107,12 @@ def test_a_sweep_says_how_many_jobs_are_done_running_and_left(tmp_path: Path):
     out = proc.stdout + proc.stderr
     for done, left in ((0, 2), (1, 1), (2, 0)):
         assert f"[sweep: {done} done, 1 running, {left} left; 0 failed]" in out, out[-3000:]
+
+
+def test_start_up_says_what_it_is_doing_before_the_first_epoch(tmp_path: Path) -> None:
+    done = run_cli("hydra.run.dir=run", "train.epochs=2", "train.finetune_epochs=1", "cache_dir=null", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = messages(done.stdout)
+    first_epoch = next(i for i, m in enumerate(lines) if m.startswith("dense 1/2"))
+    assert lines[:first_epoch] == ["loading penguins...", lines[1]] and lines[1].startswith(
+        "data: 199 train / 67 val / 67 test; model penguin_mlp: 195 parameters, init default, on cpu with ")

@@ -160,3 +160,36 @@ def write_cifar10_files(root: Path, per_batch: int, n_test: int) -> Path:
     with (folder / "batches.meta").open("wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     return folder
+
+
+# A user's own model through --config-dir (a project nowhere near the repository).
+USER_MODEL = '''
+"""A user's own network, outside prune_lab: built from the data's shapes like prune_lab's models."""
+import math
+
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, info, hidden: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(info.input_shape), hidden), nn.{act}(),
+                                 nn.Linear(hidden, info.num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+'''
+
+USER_CONFIG = """# A two-layer net from my own package (my_models.py on PYTHONPATH).
+_target_: my_models.TinyNet
+_partial_: true  # the dataset supplies input size and class count
+hidden: 8
+"""
+
+
+def user_folder(root: Path, act: str = "ReLU") -> Path:
+    """root/conf/model/tiny_net.yaml and root/my_models.py: a user's project, nowhere near the repository."""
+    (root / "conf" / "model").mkdir(parents=True, exist_ok=True)
+    (root / "conf" / "model" / "tiny_net.yaml").write_text(USER_CONFIG)
+    (root / "my_models.py").write_text(USER_MODEL.format(act=act))
+    return root

@@ -7,38 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_json, run_cli, write_cifar10_files
-
-USER_MODEL = '''
-"""A user's own network, outside prune_lab: built from the data's shapes like prune_lab's models."""
-import math
-
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self, info, hidden: int = 8):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(info.input_shape), hidden), nn.{act}(),
-                                 nn.Linear(hidden, info.num_classes))
-
-    def forward(self, x):
-        return self.net(x)
-'''
-
-USER_CONFIG = """# A two-layer net from my own package (my_models.py on PYTHONPATH).
-_target_: my_models.TinyNet
-_partial_: true  # the dataset supplies input size and class count
-hidden: 8
-"""
-
-
-def user_folder(root: Path, act: str = "ReLU") -> Path:
-    """root/conf/model/tiny_net.yaml and root/my_models.py: a user's project, nowhere near the repository."""
-    (root / "conf" / "model").mkdir(parents=True, exist_ok=True)
-    (root / "conf" / "model" / "tiny_net.yaml").write_text(USER_CONFIG)
-    (root / "my_models.py").write_text(USER_MODEL.format(act=act))
-    return root
+from conftest import read_json, run_cli, user_folder, write_cifar10_files
 
 
 @pytest.mark.slow  # an integration minute-saver: runs in CI and `make check`

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY, read_json, run_cli
+from conftest import TINY, read_json, run_cli, user_folder
 
 from prune_lab.api import load_run
 from prune_lab.errors import FolderTaken, UserError
@@ -72,27 +72,8 @@ def test_the_contract_refuses_a_level_whose_measured_sparsity_misses_its_target(
 
 # --- 2. code change between a crash and the resume ------------------------------------------------------------
 
-USER_MODEL = '''
-import math
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self, info, hidden: int = 8):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(info.input_shape), hidden), nn.{act}(),
-                                 nn.Linear(hidden, info.num_classes))
-
-    def forward(self, x):
-        return self.net(x)
-'''
-
-
 def test_phases_trained_with_other_code_are_never_resumed(tmp_path: Path):
-    user = tmp_path / "project"
-    (user / "conf" / "model").mkdir(parents=True)
-    (user / "conf" / "model" / "tiny_net.yaml").write_text("_target_: my_models.TinyNet\n_partial_: true\n")
-    (user / "my_models.py").write_text(USER_MODEL.format(act="ReLU"))
+    user = user_folder(tmp_path / "project")
     env = {"PYTHONPATH": os.pathsep.join([str(user), os.environ.get("PYTHONPATH", "")])}
     args = ("--config-dir", "conf", "hydra.run.dir=run", "model=tiny_net", *FAST, "keep_checkpoints=true")
     first = run_cli(*args, cwd=user, env=env)
@@ -102,7 +83,7 @@ def test_phases_trained_with_other_code_are_never_resumed(tmp_path: Path):
     assert same.returncode == 0 and {"phase": "dense", "restored": True} in read_json(
         user / "run" / "results.json")["resumed"]
     (user / "run" / "results.json").unlink()
-    (user / "my_models.py").write_text(USER_MODEL.format(act="Tanh"))  # the user edits their model
+    user_folder(user, act="Tanh")  # the user edits their model
     edited = run_cli(*args, cwd=user, env=env)
     assert edited.returncode == 0, edited.stderr[-3000:]
     assert "the code changed since" in edited.stderr and "its phases train again with this code" in edited.stderr

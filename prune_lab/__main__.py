@@ -131,7 +131,7 @@ def claim(spec: RunSpec, run_dir: Path) -> dict[str, Any] | None:
         aside = set_aside(run_dir / RESULTS)
         print(f"prune_lab: {run_dir / RESULTS} fails its check ({problem}); moved it to {aside.name} and "
               "running again", file=sys.stderr, flush=True)
-    PhaseStore(run_dir / "checkpoints", spec.config_hash, code_digest(spec.config))  # another config's: refused
+    PhaseStore.check_owner(run_dir / "checkpoints", spec.config_hash)  # another config's checkpoints: refused
     return None
 
 

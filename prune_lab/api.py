@@ -51,6 +51,7 @@ class Run:
 
     path: Path
     results: dict[str, Any]  # results.json: choices, config, levels, timings, versions
+    allow: tuple[str, ...] = ()  # code `model()` may import beyond TRUSTED_TARGETS (what this process ran itself)
 
     @property
     def levels(self) -> list[dict[str, Any]]:
@@ -87,14 +88,15 @@ class Run:
         Only code under TRUSTED_TARGETS (or the prefixes in `allow`, for your own models) is imported."""
         from hydra.utils import instantiate
 
-        _check_targets(self.config["model"], tuple(allow), "model")
-        net = instantiate(self.config["model"], _convert_="all")(self._data(tuple(allow)).info)
+        allow = (*self.allow, *allow)
+        _check_targets(self.config["model"], allow, "model")
+        net = instantiate(self.config["model"], _convert_="all")(self._data(allow).info)
         net.load_state_dict(self.state_dict())
         return net.eval()
 
     def sample_input(self, allow: list[str] | tuple[str, ...] = ()) -> torch.Tensor:
         """One training input, [1, *input_shape] (what the payoff's FLOPs and timings feed the network)."""
-        return self._data(tuple(allow)).train.x[:1]
+        return self._data((*self.allow, *allow)).train.x[:1]
 
     def _data(self, allow: tuple[str, ...] = ()) -> Any:
         from hydra.utils import instantiate
@@ -105,9 +107,10 @@ class Run:
         return load_once(instantiate(self.config["dataset"], _convert_="all"))
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, allow: list[str] | tuple[str, ...] = ()) -> Run:
     """A finished run's folder; one that is missing, did not finish, or whose results.json or artifacts break the
-    record contract (prune_lab.record: the same check the rerun's skip and the analysis make) is refused."""
+    record contract (prune_lab.record: the same check the rerun's skip and the analysis make) is refused.
+    `allow`: module prefixes of your own code its `model()` may import (see TRUSTED_TARGETS)."""
     path = Path(run_dir).expanduser().resolve()
     results, problem = inspect(path)
     if results is None:
@@ -115,7 +118,7 @@ def load_run(run_dir: str | Path) -> Run:
             raise UserError(f"{path} holds no valid run: {problem}; rerun it into the same folder to redo it")
         hint = " (error.json says why it failed)" if (path / "error.json").exists() else ""
         raise UserError(f"{path} holds no finished run: no results.json{hint}")
-    return Run(path, results)
+    return Run(path, results, tuple(allow))
 
 
 def compose(*overrides: str, config_dir: str | Path | None = None) -> tuple[Any, dict[str, str]]:
@@ -193,4 +196,4 @@ def run(*overrides: str, run_dir: str | Path, config_dir: str | Path | None = No
     path.mkdir(parents=True, exist_ok=True)
     with _progress_to(path / "run.log"):
         run_spec(spec, path, list(overrides))
-    return load_run(path)
+    return load_run(path, allow=tuple(_targets(spec.config)))  # the code this process just ran is the caller's

@@ -141,15 +141,22 @@ class PhaseStore:
     moved aside, with one line, and every phase trains again with the new code, so a run never mixes the two.
     """
 
-    def __init__(self, folder: Path, config_hash: str, code: str | None = None):
-        self.folder = folder
-        marker, code_marker = folder / "config_hash", folder / "code"
+    @staticmethod
+    def check_owner(folder: Path, config_hash: str) -> str | None:
+        """The config hash `folder` is tied to (None: no checkpoints yet); FolderTaken if it is another's."""
+        marker = folder / "config_hash"
         recorded = marker.read_text(errors="replace").strip() if marker.exists() else None
         if recorded is not None and recorded != config_hash:
             raise FolderTaken(
                 f"{folder} holds checkpoints of another configuration (hash {recorded!r}, this run "
                 f"{config_hash}); run into a new folder (hydra.run.dir=... or hydra.sweep.dir=...) or delete it"
             )
+        return recorded
+
+    def __init__(self, folder: Path, config_hash: str, code: str | None = None):
+        self.folder = folder
+        marker, code_marker = folder / "config_hash", folder / "code"
+        recorded = self.check_owner(folder, config_hash)
         written_by = code_marker.read_text(errors="replace").strip() if code_marker.exists() else None
         if code is not None and recorded is not None and written_by != code:
             aside = folder.with_name(f"{folder.name}-old-code-{written_by or 'unknown'}-{os.getpid()}")

@@ -32,6 +32,7 @@ from prune_lab.validate import check_fields, check_range
 # (logits [B, classes], labels [B], inputs [B, ...]) -> scalar loss; inputs let distillation query a teacher.
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+CHECK_EVERY = 64  # steps between checks for a non-finite loss (and every epoch end)
 
 
 def cross_entropy(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
@@ -207,9 +208,9 @@ def train(
 
     weights, keeps = enforce(mask)
     device = data.train.y.device
-    # A non-finite loss stops the phase: checked every step on the CPU (no cost), every 64 steps on a GPU (a host
-    # sync), and at every epoch end. loss_sum holds the epoch's losses so far, so a NaN or inf in any of them shows.
-    check_every = 1 if device.type == "cpu" else 64
+    # A non-finite loss stops the phase: checked every CHECK_EVERY steps (a host read, which would stall a GPU
+    # if done every step) and at every epoch end. loss_sum holds the epoch's losses so far, so a NaN or inf in any
+    # of them shows.
 
     def diverged(value: float, epoch: int) -> Diverged:
         return Diverged(f"training diverged: the loss is {value} by step {step} (epoch {epoch + 1} of phase "
@@ -245,7 +246,7 @@ def train(
             loss_sum += loss.detach() * len(idx)  # stays on device: no host sync per step
             seen += len(idx)
             step += 1
-            if step % check_every == 0 and not bool(torch.isfinite(loss_sum)):
+            if step % CHECK_EVERY == 0 and not bool(torch.isfinite(loss_sum)):
                 raise diverged(loss_sum.item(), epoch)
             if hook is not None:
                 new_mask = hook.after_step(step, total_steps, model, mask)

@@ -285,7 +285,7 @@ def test_preset_runs_end_to_end_at_smoke_size(preset: str, smoke_data: Path, tmp
     if preset == "penguins_dynamic":  # the same command again resumes: every job is found complete
         again = run_cli(f"experiment={preset}", "size=debug", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                         cwd=tmp_path, env=env)
-        assert again.returncode == 0 and again.stdout.count("already complete") == expected, again.stdout[-3000:]
+        assert again.returncode == 0 and again.stdout.count("is already complete") == expected, again.stdout[-3000:]
 
 
 def test_every_preset_names_its_sweep_folder_so_reruns_resume():

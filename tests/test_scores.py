@@ -54,7 +54,8 @@ def pair(schedule: str, score: str):
 
 @pytest.mark.parametrize(("schedule", "score"), [pair(a, b) for a in SCHEDULES for b in SCORES])
 def test_every_schedule_takes_every_score_to_its_target(tmp_path: Path, schedule: str, score: str) -> None:
-    overrides = (f"pruner={schedule}", f"pruner/score={score}", "sparsity=0.5", "train.epochs=2",
+    target = 0.4 if schedule == "unit" else 0.5  # whole units of the penguin MLP reach 0.4, not 0.5
+    overrides = (f"pruner={schedule}", f"pruner/score={score}", f"sparsity={target}", "train.epochs=2",
                  "train.finetune_epochs=1", "pruner.rounds=3" if schedule == "synflow" else "seed=0")
     if score_class(score).needs_training and schedule in ("snip", "grasp", "synflow"):
         with pytest.raises(UserError, match=rf"^pruner/score={score} accumulates its scores while the network "
@@ -66,9 +67,9 @@ def test_every_schedule_takes_every_score_to_its_target(tmp_path: Path, schedule
     job.pruner.run(job)
     assert len(job.levels) == level_count(job.pruner)
     final = job.levels[-1]
-    assert final.target_sparsity == 0.5
+    assert final.target_sparsity == target
     slack = 12 if isinstance(job.pruner.select, Units) else 1  # one unit (a row of 12) or one weight per layer
-    assert abs(final.prunable_total - final.prunable_nonzero - 0.5 * 180) <= 2 * slack
+    assert abs(final.prunable_total - final.prunable_nonzero - target * 180) <= 2 * slack
     for level in job.levels:
         pruned = level.prunable_total - level.prunable_nonzero
         assert abs(pruned - level.target_sparsity * 180) <= 2 * slack, level.name

@@ -200,6 +200,10 @@ def describe_hydra_error(error: BaseException) -> str | None:
         return text.strip().splitlines()[0]
     if isinstance(error, OverrideParseException):
         return f"cannot read the override {error.override!r}: {error.message.splitlines()[0]}"
+    if text.startswith("Config group override must be a string or a list"):  # group=null (found by the fuzzer)
+        nulls = [a for a in sys.argv[1:] if "=" in a and a.split("=", 1)[1].strip().lower() in ("null", "none", "")]
+        given = " ".join(nulls) or "a config group set to null"
+        return f"{given}: a config group needs an option (group=NAME), one of those python -m prune_lab --help lists"
     ambiguous = re.match(r"Ambiguous value for argument '(.*)'", text)
     if ambiguous:  # Hydra's advice (a list, a quoted string, --multirun) leads with the wrong one here
         override = ambiguous.group(1)

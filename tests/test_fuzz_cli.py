@@ -55,6 +55,7 @@ def check(tmp_path: Path, overrides: list[str]) -> None:
     ["pruner=unit", "sparsity=0.5"],  # between two whole-unit targets: refused, the nearest named
     ["train.lr=1e30"],  # diverges: one line, kind diverged
     ["sparsity=0.5,0.6"],  # a sweep without -m
+    ["init=null"],  # found by the fuzzer: a group set to null was Hydra's ValueError traceback, exit 1
 ])
 def test_known_edges_end_in_a_record_or_one_line(tmp_path: Path, overrides: list[str]):
     check(tmp_path, overrides)

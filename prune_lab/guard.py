@@ -200,10 +200,15 @@ def describe_hydra_error(error: BaseException) -> str | None:
         return text.strip().splitlines()[0]
     if isinstance(error, OverrideParseException):
         return f"cannot read the override {error.override!r}: {error.message.splitlines()[0]}"
-    if text.startswith("Config group override must be a string or a list"):  # group=null (found by the fuzzer)
-        nulls = [a for a in sys.argv[1:] if "=" in a and a.split("=", 1)[1].strip().lower() in ("null", "none", "")]
-        given = " ".join(nulls) or "a config group set to null"
-        return f"{given}: a config group needs an option (group=NAME), one of those python -m prune_lab --help lists"
+    if isinstance(error, (TypeError, ValueError)) and _raised_in_defaults_list(error):  # group=null, init=[1,2]
+        def not_a_name(value: str) -> bool:  # null, or a number where an option name belongs
+            return value.lower() in ("null", "none", "") or bool(re.search(r"(^|[\[,])\s*[-+\d.e]+\s*([,\]]|$)", value))
+
+        odd = [a for a in sys.argv[1:]
+               if "=" in a and "." not in a.split("=", 1)[0] and not_a_name(a.split("=", 1)[1].strip())]
+        given = " ".join(odd) or "a config group override"
+        return (f"{given}: a config group takes an option name (group=NAME; logger=[csv,tensorboard] for several), "
+                "one of those python -m prune_lab --help lists")
     ambiguous = re.match(r"Ambiguous value for argument '(.*)'", text)
     if ambiguous:  # Hydra's advice (a list, a quoted string, --multirun) leads with the wrong one here
         override = ambiguous.group(1)
@@ -221,6 +226,17 @@ def describe_hydra_error(error: BaseException) -> str | None:
                 f"{', '.join(where + k for k in keys)}")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " ".join(lines[:3]) if lines else type(error).__name__
+
+
+def _raised_in_defaults_list(error: BaseException) -> bool:
+    """Whether Hydra's defaults-list code raised `error` (a config group given something that is not an option
+    name: found by the fuzzer as a ValueError for `init=null` and a TypeError for `init=[1,2]`)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("hydra", "_internal", "defaults_list.py")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _chain(error: BaseException | None):

@@ -56,6 +56,7 @@ def check(tmp_path: Path, overrides: list[str]) -> None:
     ["train.lr=1e30"],  # diverges: one line, kind diverged
     ["sparsity=0.5,0.6"],  # a sweep without -m
     ["init=null"],  # found by the fuzzer: a group set to null was Hydra's ValueError traceback, exit 1
+    ["init=[1,2]"],  # found by the fuzzer: a group set to a list of numbers was Hydra's TypeError traceback
 ])
 def test_known_edges_end_in_a_record_or_one_line(tmp_path: Path, overrides: list[str]):
     check(tmp_path, overrides)

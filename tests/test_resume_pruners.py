@@ -29,10 +29,13 @@ def stateful_pairs() -> list[tuple[str, str]]:
 
 
 CASES = [(pruner,) for pruner in PRUNERS] + [(f"{a}", f"pruner/score={b}") for a, b in stateful_pairs()]
+IDS = ["+".join(c) for c in CASES]
+# whole units of the penguin MLP reach 0.4, not conftest's 0.5 (which is refused before training)
+CASES = [(*c, "sparsity=0.4") if c[0] == "unit" else c for c in CASES]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=["+".join(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_pruner_resumes_after_kill_9_to_the_uninterrupted_result(case: tuple[str, ...],
                                                                        tmp_path: Path) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"

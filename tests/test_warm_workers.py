@@ -147,7 +147,7 @@ def test_ctrl_c_stops_every_worker_with_one_line_and_the_same_command_resumes(tm
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out[-3000:]
-    assert "prune_lab: interrupted; finished work is kept. Resume with: python -m prune_lab -m" in out
+    assert "prune_lab: interrupted; 0 finished run(s) kept in " in out and " Resume with: python -m prune_lab -m" in out
     for pid in pids:  # no worker goes on training after the launcher is gone
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -146,7 +146,9 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str],
         return done
     if on_accept is not None:
         on_accept()
-    remove_stale_temp_files(run_dir)  # temp files of writes a kill cut short (never a live writer's)
+    removed = remove_stale_temp_files(run_dir)  # of writes a kill cut short (never a live writer's), every run
+    if removed:
+        print(f"prune_lab: removed {len(removed)} stale temp file(s) of interrupted writes in {run_dir}", flush=True)
     progress = Progress(spec.config.get("log_every", "auto"))  # a bad value stops the run here
     device = resolve_device(spec.device)
     threads = apply_threads(spec.threads)

@@ -14,8 +14,6 @@
   ---" blocks: the first failure is kept and reported once, as a warning, if the run otherwise succeeds;
 - a package shadowed by a folder named `prune_lab` in the current folder, a `--config-dir` file hidden by a
   packaged option of the same name, and a comma list without -m get one line saying what to do;
-- stale temp files of atomic writes killed part-way (`.*.tmp`) in the run folder(s) named on the command
-  line are removed before the run starts (prune_lab.storage.remove_stale_temp_files);
 - a sweep with failed jobs prints the launcher's report of every failure and exits 1 (2 when every failure
   was bad input, as a single run exits).
 
@@ -121,21 +119,6 @@ def preflight(args: list[str]) -> None:
     if problem is not None:
         raise UserError(f"{key}={folder} cannot be written: {problem}; choose a writable folder "
                         f"({key}=/path/you/can/write)")
-    remove_stale_temps(key, folder, args)
-
-
-def remove_stale_temps(key: str, folder: Path, args: list[str]) -> None:
-    """Stale temp files of the run folder named on the command line (a resume names its folder; a default
-    timestamped one is new), or of every job folder of the named sweep folder: before the run starts."""
-    if not folder.is_dir() or _argv_value(args, key) is None or "${" in (_argv_value(args, key) or ""):
-        return
-    from prune_lab.storage import remove_stale_temp_files
-
-    runs = [p for p in folder.iterdir() if p.is_dir()] if key == "hydra.sweep.dir" else [folder]
-    for run in runs:
-        removed = remove_stale_temp_files(run)
-        if removed:
-            print(f"prune_lab: removed {len(removed)} stale temp file(s) of interrupted writes in {run}", flush=True)
 
 
 def hydra_quote(value: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.version import VersionBase
+from packaging.version import Version
 
 import hydra_plugins.prune_lab_launchers._config  # noqa: F401  (the ConfigStore names, before Hydra's fixtures save it)
 
@@ -21,6 +23,18 @@ LAUNCHERS = [
                                      "hydra.launcher.gpus_per_node=0"], id="warm_false",
                  marks=pytest.mark.slow),  # a process per job: seconds each
 ]
+
+
+@pytest.fixture(autouse=True)
+def _hydra_1_1_base():
+    """The suites compose without a version_base, so they expect Hydra's 1.1 defaults (hydra.job.chdir=True: the
+    job's log in its working_dir). VersionBase is a process-wide singleton that any earlier test composing with
+    version_base="1.3" leaves set (CI failed 18 of these that way, in file order, while the file alone passed)."""
+    base = VersionBase.instance()
+    before = base.getbase()
+    base.setbase(Version("1.1"))
+    yield
+    base.version_base = before
 
 
 @pytest.mark.parametrize("launcher_name, overrides", LAUNCHERS)

@@ -48,8 +48,10 @@ def register_resolvers() -> None:
                                     replace=True)
     # init.sha256: ${prune_lab_sha256:${init.path}}: a weights file's content is part of the config (init=checkpoint).
     OmegaConf.register_new_resolver("prune_lab_sha256", file_sha256, replace=True)
-    # --help (conf/config.yaml's help template): every option with the first comment line of its YAML.
-    OmegaConf.register_new_resolver("prune_lab_options", lambda: options_help(CONF_DIR), replace=True)
+    # --help (conf/config.yaml's help template): every option with the first sentence of its YAML's comment,
+    # the user's --config-dir options among them (${prune_lab_options:${hydra:runtime.config_sources}}).
+    OmegaConf.register_new_resolver("prune_lab_options", lambda sources=None: options_help(CONF_DIR, sources),
+                                    replace=True)
 
 
 def _half(epochs: Any) -> Any:

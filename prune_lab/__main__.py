@@ -155,12 +155,15 @@ def run(spec: RunSpec, run_dir: Path, overrides: list[str],
     job = build_job(spec, run_dir, device=device, threads=threads)
     trackers = Trackers.open(spec.config, run_dir, spec.choices)  # logger=...: a missing package stops here
     job.log = Fanout(job.log, progress, trackers)  # metrics.jsonl, a progress line (console, .log), trackers
+    job.tick = progress.tick if progress.live else None  # a terminal: the live bar inside epochs
 
     try:
         spec.pruner.run(job)  # the method's own schedule: train, prune, evaluate, rewind... each level recorded
     except BaseException:
         trackers.fail()  # the tracker's run is marked failed, not left running
         raise
+    finally:
+        progress.close()
 
     if not job.levels:
         raise RuntimeError(f"pruner {type(spec.pruner).__name__} recorded no level; it must call job.evaluate")

@@ -80,6 +80,8 @@ class Job:
         self.epochs_trained = 0  # every phase's epochs so far: the training budget behind the next level
         self.measure = check_measure(measure)  # what each level's payoff measures (prune_lab.payoff.MEASURES)
         self.tickets = tickets  # a folder: every level's weights and mask are saved there (keep_tickets=true)
+        # tick(phase, step, total_steps, loss) inside epochs (prune_lab.training.train): a live bar, or None
+        self.tick: Callable[[str, int, int, float], None] | None = None
 
     # --- what pruners read -------------------------------------------------------------------------
     def weights(self) -> dict[str, Tensor]:
@@ -149,7 +151,7 @@ class Job:
         result = train(
             self.model, self.mask, self.data, self.settings, epochs, seed=self.seed, phase=phase, on_step=on_step,
             loss_fn=loss_fn, resume=partial, start_step=start_step,
-            save=lambda state: self.store.save(phase, "partial", state), log=self.log,
+            save=lambda state: self.store.save(phase, "partial", state), log=self.log, tick=self.tick,
         )
         self.mask = result.mask
         self.history += result.history

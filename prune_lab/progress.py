@@ -6,14 +6,24 @@ cache. Lines are plain text: no carriage returns or colour codes, so a SLURM `.o
 the same as the terminal. `log_every` sets the volume: `auto` reports about 20 epochs per phase whatever its
 length (plus the first and the last), N reports every Nth, 0 reports no epochs (levels and events still show).
 Every epoch is in metrics.jsonl whatever this says.
+
+In a terminal (stderr is a tty) a live bar (tqdm) also shows the current phase inside its epochs: steps done,
+speed, the phase's ETA and the epoch's loss so far, updated at the trainer's divergence checks (every 64 steps,
+where the loss is read anyway) and at each epoch end; the lines above are printed past it. When the output is a
+file, a pipe or a SLURM log there is no bar, only the lines. TQDM_DISABLE=1 turns the bar off.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
+
+from tqdm import tqdm
 
 from prune_lab.errors import UserError
 
@@ -39,8 +49,11 @@ def clock(seconds: float) -> str:
 class Progress:
     """A `Job.log` sink: reads the records a job emits (per-epoch, per-level, events) and logs them."""
 
-    def __init__(self, every: int | str = "auto"):
+    def __init__(self, every: int | str = "auto", live: bool | None = None):
         self.every = check_log_every(every)
+        self.live = sys.stderr.isatty() if live is None else live  # a terminal: the live bar too
+        self.bar: tqdm | None = None
+        self.bar_phase = ""
         self.started = time.monotonic()
         self.last_record = self.started
         # phase -> (time of the record before its first epoch here, epochs done before that): for the ETA
@@ -55,7 +68,41 @@ class Progress:
         every = self.every if isinstance(self.every, int) else max(1, math.ceil((epochs or 1) / LINES_PER_PHASE))
         return epoch % every == 0
 
+    def tick(self, phase: str, step: int, total_steps: int, loss: float) -> None:
+        """The trainer's in-epoch report (prune_lab.training.train's `tick`): moves the live bar."""
+        if not self.live:
+            return
+        if self.bar is None or self.bar_phase != phase or self.bar.total != total_steps:
+            self.close()
+            self.bar = tqdm(total=total_steps, initial=step, desc=phase, unit="step", file=sys.stderr,
+                            leave=False, dynamic_ncols=True, mininterval=0.5)
+            self.bar_phase = phase
+        self.bar.n = step
+        self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Removes the live bar (a phase ended, or the run did)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    @contextmanager
+    def _past_the_bar(self) -> Iterator[None]:
+        """A log line printed above the live bar, which is redrawn after it."""
+        with tqdm.external_write_mode(file=sys.stderr) if self.bar is not None else nullcontext():
+            yield
+
     def __call__(self, record: dict[str, Any]) -> None:
+        if "level" in record:
+            self.close()  # a level is measured between phases: its line replaces the bar
+        with self._past_the_bar():
+            self._record(record)
+        if "epoch" in record and self.live and record.get("epochs"):
+            self.tick(record["phase"], record["step"], record["step"] // record["epoch"] * record["epochs"],
+                      record["train_loss"])  # at an epoch end too, where phases of few steps move it
+
+    def _record(self, record: dict[str, Any]) -> None:
         now = time.monotonic()
         elapsed = clock(now - self.started)
         if "epoch" in record:

@@ -169,12 +169,16 @@ def train(
     save: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[dict[str, Any]], None] = lambda record: None,
     start_step: int = 0,
+    tick: Callable[[str, int, int, float], None] | None = None,
 ) -> TrainResult:
     """Train for `epochs` epochs (resuming from `resume` if given), checkpointing through `save`.
 
     `start_step` k > 0 trains steps k..end of the phase (late rewinding, as OpenLTH's lottery runner): the
     data order is the uninterrupted phase's from step k on, the learning rate the schedule's value at k, and
-    the optimizer starts fresh (no Adam moments or momentum carried over from the rewound run)."""
+    the optimizer starts fresh (no Adam moments or momentum carried over from the rewound run).
+
+    `tick(phase, step, total_steps, mean loss of the epoch so far)` is called at every divergence check (every
+    CHECK_EVERY steps, where the loss is read from the device anyway): a live progress bar's updates."""
     hook = as_hook(on_step)
     params = dict(model.named_parameters())
     decay = {"weight_decay": settings.weight_decay} if settings.weight_decay else {}  # not every optimizer has it
@@ -246,8 +250,12 @@ def train(
             loss_sum += loss.detach() * len(idx)  # stays on device: no host sync per step
             seen += len(idx)
             step += 1
-            if step % CHECK_EVERY == 0 and not bool(torch.isfinite(loss_sum)):
-                raise diverged(loss_sum.item(), epoch)
+            if step % CHECK_EVERY == 0:
+                so_far = loss_sum.item()  # the one host read of these steps
+                if not math.isfinite(so_far):
+                    raise diverged(so_far, epoch)
+                if tick is not None:
+                    tick(phase, step, total_steps, so_far / seen)
             if hook is not None:
                 new_mask = hook.after_step(step, total_steps, model, mask)
                 if new_mask is not None:

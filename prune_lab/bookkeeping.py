@@ -37,6 +37,12 @@ BOOKKEEPING: tuple[str, ...] = (
     "hparams_search",            # which sweeper search launched the run (it sets only hydra.sweeper)
 )
 
+# Settings added after runs were recorded, at the value that means "what every run did before the key existed".
+# At that value a key is left out of the experiment's identity (config hash, dense-cache key, conditions), so a
+# finished sweep keeps its hash when a release adds a setting; any other value is a new experiment. Add a key
+# here when you add a setting whose default reproduces the old behaviour exactly; never change a value here.
+NEUTRAL: dict[str, Any] = {}
+
 # Keys that place a run on a curve rather than define its curve: the statistics' axes.
 AXES: tuple[str, ...] = ("seed", "sparsity", "pruner.sparsity")
 
@@ -63,14 +69,30 @@ def without(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return trimmed
 
 
+def neutral_keys(config: Mapping[str, Any]) -> list[str]:
+    """The NEUTRAL keys `config` holds at their neutral value (left out of its identity)."""
+    found = []
+    for key, value in NEUTRAL.items():
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is not _ABSENT and json.dumps(node, sort_keys=True) == json.dumps(value, sort_keys=True):
+            found.append(key)
+    return found
+
+
+_ABSENT = object()
+
+
 def experiment_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config minus bookkeeping: what defines the experiment (the config hash hashes this)."""
-    return without(config, BOOKKEEPING)
+    """The resolved config minus bookkeeping and neutral settings: what defines the experiment (the config hash
+    hashes this)."""
+    return without(config, (*BOOKKEEPING, *neutral_keys(config)))
 
 
 def condition_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The experiment minus its axes (seed, target): runs with equal condition configs share one curve."""
-    return without(config, (*BOOKKEEPING, *AXES))
+    return without(config, (*BOOKKEEPING, *neutral_keys(config), *AXES))
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

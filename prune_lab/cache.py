@@ -181,7 +181,8 @@ def dense_basis(config: Mapping[str, Any], device: torch.device | str, threads: 
     basis: dict[str, Any] = {"format": FORMAT, "seed": config["seed"], "device": torch.device(device).type,
                              "threads": threads, "torch": torch.__version__, "code": source_digest(),
                              "targets": code}
-    basis.update(bookkeeping.without(groups, (*bookkeeping.BOOKKEEPING, *PHASE_INDEPENDENT)))
+    basis.update(bookkeeping.without(groups, (*bookkeeping.BOOKKEEPING, *bookkeeping.neutral_keys(groups),
+                                              *PHASE_INDEPENDENT)))
     return basis
 
 

@@ -28,7 +28,7 @@ from prune_lab.bookkeeping import experiment_config, flatten
 from prune_lab.cache import DenseCache, load_once
 from prune_lab.collapse import refuse_certain_collapse
 from prune_lab.config import CONF_DIR, RunSpec, compose_run
-from prune_lab.errors import FolderTaken, UserError
+from prune_lab.errors import DataAbsent, FolderTaken, UserError
 from prune_lab.guard import WHERE, guarded
 from prune_lab.job import Job
 from prune_lab.loggers import Trackers
@@ -226,21 +226,41 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
         atomic_write_bytes(folder / name, OmegaConf.to_yaml(node).encode())
 
 
+def say(line: str) -> None:
+    """A run's one line about its failure: on stderr, unless a launcher runs this job in its own process and
+    console (one_process), which prints the failure itself; then only into the run's .log file."""
+    if WHERE.get("reporter") != "launcher":
+        print(line, file=sys.stderr, flush=True)
+        return
+    record = logging.LogRecord("prune_lab", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     WHERE["run_dir"] = str(run_dir)
+    skip_absent = False
     try:
         spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
+        skip_absent = spec.skip_absent_data
         objective = build_objective(spec.config)  # a bad objective stops here, before training
         # what a Hydra sweeper (Optuna...) optimises
         return objective(run(spec, run_dir, overrides, on_accept=lambda: save_hydra_files(run_dir, cfg)))
     except UserError as e:
+        # skip_absent_data (size=debug): a run whose dataset is absent is skipped, not failed (error.json says so)
+        skip = isinstance(e, DataAbsent) and skip_absent
         if not isinstance(e, FolderTaken) and read_results(run_dir) is None:  # never into another run's folder
-            write_error(run_dir, {"error": str(e), "kind": getattr(e, "kind", "config"), "overrides": overrides})
-        print(f"prune_lab: error: {e}", file=sys.stderr)
+            write_error(run_dir, {"error": str(e), "kind": getattr(e, "kind", "config"), "overrides": overrides,
+                                  **({"status": "skipped"} if skip else {})})
+        if skip:
+            say(f"prune_lab: skipped, its data is absent (skip_absent_data=true, as size=debug sets): {e}")
+            return float("nan")
+        say(f"prune_lab: error: {e}")
         sys.exit(2)
     except Exception as e:
         write_error(run_dir, {"error": f"{type(e).__name__}: {e}", "kind": getattr(e, "kind", "crash"),

@@ -26,6 +26,7 @@ BOOKKEEPING: tuple[str, ...] = (
     "cache_trust",               # whose dense-cache entries are used (a served entry equals training's outcome)
     "keep_checkpoints",          # whether a finished run keeps its resumable checkpoints
     "keep_tickets",              # whether every level's weights and mask are saved (tickets/)
+    "skip_absent_data",          # whether a run without its data files is skipped (size=debug) or fails
     "measure",                   # which payoff fields are measured (timings are not the experiment)
     "dataset.data_dir",          # where the data files are
     "dataset.download",          # whether missing files may be fetched

@@ -89,6 +89,7 @@ class RunSpec:
     config_hash: str
     cache_dir: str | None = None  # folder of the dense-training cache (prune_lab.cache); None: off
     keep_tickets: bool = False  # every level's weights and mask in <run>/tickets/
+    skip_absent_data: bool = False  # a dataset whose files are absent skips the run instead of failing it
     measure: str = "cheap"  # prune_lab.payoff.MEASURES
 
 
@@ -164,5 +165,6 @@ def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
         cache_dir=config.get("cache_dir"),
         keep_tickets=check_value(cfg.get("keep_tickets", False), (bool,), "keep_tickets"),
         measure=check_measure(cfg.get("measure", "cheap")),
+        skip_absent_data=check_value(cfg.get("skip_absent_data", False), (bool,), "skip_absent_data"),
         **objects,
     )

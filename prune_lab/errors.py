@@ -11,6 +11,13 @@ class FolderTaken(UserError):
     kind = "folder_taken"
 
 
+class DataAbsent(UserError):
+    """The dataset's files are not there and downloading is off. A size=debug sweep skips such a run with this
+    line (skip_absent_data=true: smoke-test the arms whose data you have); every other run refuses."""
+
+    kind = "data_absent"
+
+
 class Diverged(UserError):
     """Training produced a non-finite loss or metric: the run stops with one line (error.json kind `diverged`)."""
 

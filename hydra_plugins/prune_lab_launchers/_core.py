@@ -37,13 +37,14 @@ ERROR = "prune_lab: error: "  # how a run says it refused its input (then it exi
 
 
 class SweepJobsFailed(RuntimeError):
-    """Some jobs of a sweep failed; the message lists each with its log file.
+    """Some jobs of a sweep failed. The message is one line (each failure was reported once, as it ended);
+    `failures` holds each failed job's description (reason, logs, folder) for a caller in Python.
 
     `exit_code`: 2 when every failure is bad input (as a single run exits), else 1."""
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1, failures: Sequence[str] = ()):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.failures = exit_code, list(failures)
 
 
 class Task(NamedTuple):
@@ -59,7 +60,7 @@ class JobOutcome:
     idx: int
     overrides: list[str]
     job_id: str
-    status: str = "failed"  # completed / skipped (already complete) / failed
+    status: str = "failed"  # completed / skipped (already complete) / absent (its data, under size=debug) / failed
     run_dir: str | None = None
     reason: str | None = None
     config_error: bool = False  # the run refused its input (prune_lab's exit status 2), rather than crashed
@@ -174,6 +175,20 @@ def _error_json(run_dir: Path) -> str | None:
         return None
 
 
+def settle(outcome: JobOutcome) -> JobOutcome:
+    """A job that returned normally but skipped its run because its data is absent (skip_absent_data, which
+    size=debug sets: error.json with status "skipped") is `absent`, with that reason, not `completed`."""
+    if outcome.status != "completed" or outcome.run_dir is None:
+        return outcome
+    try:
+        error = json.loads((Path(outcome.run_dir) / "error.json").read_text())
+    except (OSError, ValueError):
+        return outcome
+    if isinstance(error, dict) and error.get("status") == "skipped" and error.get("kind") == "data_absent":
+        outcome.status, outcome.reason = "absent", str(error.get("error"))
+    return outcome
+
+
 @contextlib.contextmanager
 def _console(path: Path | None, header: str | None) -> Iterator[None]:
     """The job's console output appended to `path` (a warm worker's job: <run>/<job name>.out), else unchanged."""
@@ -183,6 +198,22 @@ def _console(path: Path | None, header: str | None) -> Iterator[None]:
     with path.open("a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         print(header, flush=True)
         yield
+
+
+@contextlib.contextmanager
+def _launcher_reports() -> Iterator[None]:
+    """While a job shares the launcher's console, its failure is printed once, by the launcher (the run keeps
+    its own line for its .log file: prune_lab.__main__.say)."""
+    try:
+        from prune_lab.guard import WHERE
+    except ImportError:  # another Hydra app: nothing to tell
+        yield
+        return
+    WHERE["reporter"] = "launcher"
+    try:
+        yield
+    finally:
+        WHERE.pop("reporter", None)
 
 
 def run_here(launcher: Any, task: Task, skip_complete: bool, header: str | None = None) -> JobOutcome:
@@ -205,7 +236,8 @@ def run_here(launcher: Any, task: Task, skip_complete: bool, header: str | None 
     else:
         outcome.logs = outcome.logs[1:]  # no console file: Hydra's log only
     cwd, t1 = os.getcwd(), time.perf_counter()
-    with _console(out_file, header):
+    reporter = contextlib.nullcontext() if out_file is not None else _launcher_reports()
+    with _console(out_file, header), reporter:
         try:
             ret = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function, config=cfg,
                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -235,7 +267,7 @@ def run_here(launcher: Any, task: Task, skip_complete: bool, header: str | None 
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # the launcher's own
     outcome.task_s = time.perf_counter() - t1
     outcome.status = "failed" if outcome.reason else "skipped" if already else "completed"
-    return outcome
+    return settle(outcome)
 
 
 def sendable(outcome: JobOutcome) -> JobOutcome:
@@ -262,7 +294,7 @@ def from_job_return(launcher: Any, task: Task, ret: JobReturn, logs: Sequence[st
             outcome.run_dir = str(ret.hydra_cfg.hydra.runtime.output_dir)
     else:
         outcome.status, outcome.value = "completed", _hydra.value(ret)
-    return outcome
+    return settle(outcome)
 
 
 # --- where the sweep stands -----------------------------------------------------------------------------------
@@ -284,6 +316,9 @@ class Progress:
         self.started, self.seconds, self.ended, self.failed = time.monotonic(), [], 0, 0
 
     def end(self, outcome: JobOutcome) -> None:
+        settle(outcome)
+        if outcome.status == "absent":
+            log.info(f"\t#{outcome.idx} skipped, its data is absent (size=debug): {outcome.reason}")
         self.failed += outcome.status == "failed"
         if outcome.status != "skipped":  # a skipped run took no time: it says nothing of the others'
             self.ended += 1
@@ -306,6 +341,8 @@ class Progress:
     def ended_line(self, outcome: JobOutcome, done: int, running: int, left: int) -> None:
         """The line of a job that ended: done / already complete / FAILED with its reason and logs."""
         self.end(outcome)
+        if outcome.status == "absent":  # end() said it
+            return
         what = {"completed": "done", "skipped": "already complete, skipped"}.get(outcome.status, "FAILED")
         where = f", worker {outcome.worker}" if outcome.worker is not None else ""
         line = f"\t#{outcome.idx} {what} ({outcome.job_s:.1f} s{where})  {self.status(done, running, left)}"
@@ -317,23 +354,20 @@ class Progress:
 
 # --- the end of a sweep -------------------------------------------------------------------------------------
 
-def _one_line(text: str | None, width: int = 200) -> str:
-    first = (str(text).strip().splitlines() or [""])[0]
-    return first if len(first) <= width else first[:width - 3] + "..."
-
-
 def summary(outcomes: Sequence[JobOutcome], sweep_dir: Path) -> list[str]:
     """The table printed at the end of every sweep: counts, the folder, each failed run, what to run next."""
-    count = {s: sum(o.status == s for o in outcomes) for s in ("completed", "skipped", "failed")}
+    count = {s: sum(o.status == s for o in outcomes) for s in ("completed", "skipped", "absent", "failed")}
     lines = ["Sweep summary:",
              f"  runs done                    {count['completed']}",
-             f"  skipped (already complete)   {count['skipped']}",
-             f"  failed                       {count['failed']}",
-             f"  sweep folder                 {sweep_dir}"]
+             f"  skipped (already complete)   {count['skipped']}"]
+    if count["absent"]:
+        lines.append(f"  skipped (data absent)        {count['absent']}   (size=debug; the full size refuses them)")
+    lines += [f"  failed                       {count['failed']}",
+              f"  sweep folder                 {sweep_dir}"]
     failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        lines.append("  failed runs (folder: error):")
-        lines += [f"    {o.run_dir or f'#{o.idx} (no folder)'}: {_one_line(o.reason)}" for o in failed]
+    if failed:  # each reason was printed once, as its job ended; it is in the folder's error.json too
+        lines.append("  failed runs (why: above, and in each folder's error.json):")
+        lines += [f"    {o.run_dir or f'#{o.idx} (no folder)'}" for o in failed]
         lines.append("  fix them and rerun the same command: finished runs are skipped, interrupted ones resume")
     if count["completed"] + count["skipped"]:
         folder = shlex.quote(str(sweep_dir))
@@ -345,9 +379,9 @@ def _report(failures: Sequence[JobOutcome], total: int, sweep_dir: Path) -> Swee
     done = total - len(failures)
     return SweepJobsFailed(
         f"{len(failures)} of {total} sweep job(s) failed; the other {done} finished and kept their "
-        f"results in {sweep_dir}.\n" + "\n".join(f.describe() for f in failures)
-        + "\nFix the cause and rerun the same command: finished runs are skipped, interrupted ones resume.",
-        exit_code=2 if all(f.config_error for f in failures) else 1,
+        f"results in {sweep_dir}. Each failure is reported above; fix the cause and rerun the same command: "
+        "finished runs are skipped, interrupted ones resume.",
+        exit_code=2 if all(f.config_error for f in failures) else 1, failures=[f.describe() for f in failures],
     )
 
 
@@ -355,10 +389,13 @@ def finish(outcomes: Sequence[JobOutcome], sweep_dir: Path) -> list[JobReturn]:
     """The one end of every launcher: the summary, and the JobReturns for Hydra's sweeper, in the jobs' order.
 
     Hydra's sweeper raises the first failed job's value: every failed job's is the whole report."""
+    outcomes = [settle(o) for o in outcomes]
     total, failures = len(outcomes), [o for o in outcomes if o.status == "failed"]
     skipped = sum(o.status == "skipped" for o in outcomes)
-    log.info(f"Sweep finished: {total - len(failures)} of {total} run(s) complete ({skipped} were already); "
-             f"results in {sweep_dir}/<overrides>/")
+    absent = sum(o.status == "absent" for o in outcomes)
+    complete = total - len(failures) - absent
+    log.info(f"Sweep finished: {complete} of {total} run(s) complete ({skipped} were already"
+             + (f"; {absent} skipped, their data absent" if absent else "") + f"); results in {sweep_dir}/<overrides>/")
     for line in summary(outcomes, sweep_dir):
         log.info(line)
     returns = [o.job_return() for o in outcomes]

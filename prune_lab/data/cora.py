@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from prune_lab.data.splits import DataInfo, Splits, TensorSet, resolve_data_dir
-from prune_lab.errors import UserError
+from prune_lab.errors import DataAbsent, UserError
 
 URL = "https://github.com/kimiyoung/planetoid/raw/master/data"  # torch_geometric's Planetoid source
 PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
@@ -79,7 +79,7 @@ class Cora:
                                     f"files into {raw} by hand") from e
                 (raw / f"ind.cora.{p}.part").replace(raw / f"ind.cora.{p}")
         elif missing:
-            raise UserError(
+            raise DataAbsent(
                 f"cora: {raw} lacks {', '.join('ind.cora.' + p for p in missing)} and dataset.download=false. "
                 "Put the Planetoid files there, point dataset.data_dir or $PRUNE_LAB_DATA_DIR at the folder "
                 "holding Cora/raw/, or set dataset.download=true where online"

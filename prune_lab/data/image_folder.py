@@ -16,7 +16,7 @@ import torch
 
 from prune_lab.data.augment import Flip
 from prune_lab.data.splits import DataInfo, Splits, TensorSet, split_indices
-from prune_lab.errors import UserError
+from prune_lab.errors import DataAbsent, UserError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -35,11 +35,11 @@ class ImageFolder:
 
     def _files(self) -> tuple[list[str], list[tuple[Path, int]]]:
         if not self.root:
-            raise UserError("image_folder needs its folder: dataset.root=/path/to/images (one subfolder per "
+            raise DataAbsent("image_folder needs its folder: dataset.root=/path/to/images (one subfolder per "
                             "class; the reinit_comparison preset takes it as faces_dir=...)")
         root = Path(self.root).expanduser()
         if not root.is_dir():
-            raise UserError(f"image_folder: dataset.root={root} is not a folder; point it at a folder with one "
+            raise DataAbsent(f"image_folder: dataset.root={root} is not a folder; point it at a folder with one "
                             "subfolder of images per class")
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         files: list[tuple[Path, int]] = []

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from prune_lab.data.augment import CropFlip
 from prune_lab.data.splits import DataInfo, Splits, TensorSet, resolve_data_dir
-from prune_lab.errors import UserError
+from prune_lab.errors import DataAbsent, UserError
 from prune_lab.storage import atomic_write_bytes, build_once
 
 
@@ -113,7 +113,7 @@ class _MnistLike:
         raw = root / self.folder / "raw"
         missing = [f for f, _ in self.resources if not (raw / f).exists() and not (raw / Path(f).stem).exists()]
         if missing:
-            raise UserError(
+            raise DataAbsent(
                 f"{self.name}: {raw} lacks {', '.join(missing)} and dataset.download=false. Put torchvision's "
                 f"{self.folder} files there (the .gz files are enough), point dataset.data_dir or "
                 "$PRUNE_LAB_DATA_DIR at the folder that holds them, or set dataset.download=true where online"
@@ -247,7 +247,7 @@ class CIFAR10:
         if not self.download:
             missing = [f for f in (*CIFAR_FILES, "batches.meta") if not (folder / f).exists()]
             if missing:
-                raise UserError(
+                raise DataAbsent(
                     f"cifar10: {folder} lacks {', '.join(missing)} and dataset.download=false. Unpack "
                     "cifar-10-python.tar.gz into dataset.data_dir (or $PRUNE_LAB_DATA_DIR), or set "
                     "dataset.download=true where online"

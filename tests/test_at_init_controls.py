@@ -6,9 +6,11 @@ a run without controls."""
 from __future__ import annotations
 
 import copy
+import json
 import signal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY, computed, finish, job_from_config, read_json, run_cli, start, wait_for_any
@@ -158,3 +160,36 @@ def test_a_run_killed_inside_a_control_resumes_to_the_uninterrupted_result(tmp_p
     assert resumed["sparse"]["restored"] and "from_epoch" in resumed["invert_scores"], res["resumed"]
     assert computed(res["levels"]) == computed(ref["levels"])
 
+
+def test_the_report_says_per_score_whether_the_method_beat_each_control(tmp_path: Path) -> None:
+    """A sweep of two at-init scores with every control (`++`: the sweep's base config, pruner=magnitude, has no
+    such key): the report compares each control with its method's level per score, in the one Holm family."""
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", f"hydra.sweep.dir={sweep}", "pruner=snip,grasp", f"++pruner.controls=[{','.join(ALL)}]",
+                   "seed=0,1,2", "sparsity=0.5", *TINY, "device=cpu", "threads=1", cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    gaps = {0: 0.29, 1: 0.30, 2: 0.31}  # snip's inverted scores made 30 points worse on every seed: significant
+    for path in sweep.glob("*pruner=snip*/results.json"):
+        record = read_json(path)
+        own = next(lv for lv in record["levels"] if lv["name"] == "pruned")
+        inv = next(lv for lv in record["levels"] if lv["name"] == "invert_scores")
+        inv["test_acc"] = own["test_acc"] - gaps[record["seed"]]
+        path.write_text(json.dumps(record))
+    out = tmp_path / "out"
+    done = run_cli(str(sweep), "--out", str(out), module="multirun_analysis", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    answer = report.split("## Answer")[1].split("## Checks")[0]
+    assert "Compared: `pruner` (grasp, snip), within each `branch`" in answer
+    lines = {c: line for line in answer.splitlines() for c in ("grasp", "snip")
+             if line.startswith(f"- pruner={c}, at 50% sparsity, the method (**main**)")}
+    assert set(lines) == {"grasp", "snip"}
+    assert all(f"**{c}**" in line for line in lines.values() for c in ALL)
+    assert "**invert_scores**" in lines["snip"] and "the method beat it, the method 30.0 points above" in lines["snip"]
+    controls = pd.read_csv(out / "controls.csv")
+    assert len(controls) == 8 and set(controls["pruner"]) == {"grasp", "snip"}
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    tests = int(comparisons["p_holm"].notna().sum() + controls["p_holm"].notna().sum())
+    assert f"over all {tests} tests in the comparisons table and the controls table" in answer
+    assert "### Controls against their method" in report

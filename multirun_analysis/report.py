@@ -4,8 +4,11 @@ Accuracy is in % everywhere in the report, intervals are clipped to [0, 100]. Th
 whatever varies between the runs (the hue: init in an init study, pruner in a pruner study, train.lr
 when lr varies): at the highest sparsity level every compared group reached, the best group's mean and
 interval, and each other group's difference with its paired t-test over seeds after Holm's correction
-over every test in the report. Checks follow: curves whose runs differ in training budget, code version
-(git commit) or torch version are flagged, and each level's total training budget is stated.
+over every test in the report. Where levels carry a `branch` (control arms: IMP's Lottery Ticket controls, the
+sanity checks of pruning at initialisation), each control is also compared with its method's own level
+(`main`) at the same sparsity, in the same family of tests. Checks follow: curves whose runs differ in
+training budget, code version (git commit) or torch version are flagged, and each level's total training
+budget is stated.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multirun_analysis.loading import CHOICES, Sweep, early_stopping, layer_labels, read_curves
+from multirun_analysis.loading import CHOICES, MAIN_BRANCH, Sweep, early_stopping, layer_labels, read_curves
 from multirun_analysis.plots import (
     Facet,
     palette,
@@ -29,7 +32,7 @@ from multirun_analysis.plots import (
     resolve_roles,
     save,
 )
-from multirun_analysis.stats import LEVEL, compare, curve_columns, robustness, summarize, varying
+from multirun_analysis.stats import LEVEL, compare, curve_columns, holm, robustness, summarize, varying
 
 CAVEAT = (
     "Seeds are the unit of replication: each test pairs two groups' runs of the same seed (paired t-test, "
@@ -38,7 +41,7 @@ CAVEAT = (
     "the t-test has no variance to work with, and the exact sign-flip test is used: its p is at least "
     "2/2^n for n seeds (0.125 for 4, 0.25 for 3). Gaps are paired differences, over the seeds both groups "
     "have. Significance is decided after Holm's correction over all "
-    "{tests} in the comparisons table (every level, pair and context: one family), at α = {alpha}. The "
+    "{tests} in the comparisons table{controls} (every level, pair and context: one family), at α = {alpha}. The "
     "Wilcoxon p-values beside them are uncorrected and cannot reach 0.05 with fewer than 6 seeds."
 )
 # Checks of a curve: run columns that must agree between the runs averaged into one curve.
@@ -157,6 +160,66 @@ def _verdict(row: pd.Series) -> str:
     return f"{verdict} after Holm correction{how}, {p}, n = {row['n_pairs']} seeds"
 
 
+def control_comparisons(runs: pd.DataFrame, hue: str | None, comparisons: pd.DataFrame, metric: str,
+                        by: Sequence[str], alpha: float, res: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(comparisons, controls): each control arm (a level's `branch`) against its method's own level (`main`) at
+    the same sparsity within every other curve column, paired by seed (`compare` with hue="branch"). Where the hue
+    is `branch` these are rows of `comparisons` already; otherwise they join its family and Holm's correction is
+    taken again over both tables. No branch but `main`: controls is empty."""
+    if "branch" not in runs or not (runs["branch"] != MAIN_BRANCH).any():
+        return comparisons, pd.DataFrame()
+    if hue == "branch":
+        controls = comparisons
+    else:
+        controls = compare(runs, "branch", metric, by, alpha, res)
+        if controls.empty:
+            return comparisons, controls
+        controls = controls[(controls["higher"] == MAIN_BRANCH) | (controls["lower"] == MAIN_BRANCH)].copy()
+        if not comparisons.empty and not controls.empty:
+            p = holm(pd.concat([comparisons["p"], controls["p"]], ignore_index=True))
+            comparisons = comparisons.assign(p_holm=p[: len(comparisons)])
+            controls = controls.assign(p_holm=p[len(comparisons):])
+            comparisons["significant"] = comparisons["p_holm"] < alpha
+            controls["significant"] = controls["p_holm"] < alpha
+    controls = controls[(controls["higher"] == MAIN_BRANCH) | (controls["lower"] == MAIN_BRANCH)]
+    return comparisons, controls[controls[LEVEL] > 0] if not controls.empty else controls
+
+
+def control_answer(summary: pd.DataFrame, controls: pd.DataFrame, context: Sequence[str],
+                   metric: str = "test_acc") -> list[str]:
+    """One sentence per context: at the highest pruned level the method (`main`) and its controls share, whether
+    the method beat each control (its paired gap and the Holm-corrected verdict)."""
+    unit = "%" if metric.endswith("acc") else ""
+    scale = 100 if unit else 1
+    lines = []
+    pruned = summary[summary[LEVEL] > 0]
+    groups = pruned.groupby(list(context), dropna=False, sort=True) if context else [((), pruned)]
+    for key, part in groups:
+        main = part[part["branch"] == MAIN_BRANCH]
+        arms = part[part["branch"] != MAIN_BRANCH]
+        shared = sorted(set(main[LEVEL]) & set(arms[LEVEL]))
+        if not shared:
+            continue
+        level = shared[-1]
+        at = arms[arms[LEVEL] == level].sort_values("branch")
+        own = main[main[LEVEL] == level].iloc[0]
+        where = _name(part.iloc[0], context)
+        said = []
+        for _, arm in at.iterrows():
+            row, sign = _pair(controls, context, key, level, MAIN_BRANCH, arm["branch"])
+            mean = f"{arm['mean'] * scale:.1f}{unit}"
+            if row is None or row["n_pairs"] == 0:
+                said.append(f"**{arm['branch']}** {mean} (no seed in common with the method, not tested)")
+                continue
+            diff = sign * row["mean_diff"] * scale
+            beat = ("the method beat it, " if diff > 0 else "it beat the method, ") if row["significant"] else ""
+            said.append(f"**{arm['branch']}** {mean}: {beat}the method {abs(diff):.1f} points "
+                        f"{'above' if diff >= 0 else 'below'} ({_verdict(row)})")
+        lines.append(f"- {where + ', a' if where else 'A'}t {_pct(level)} sparsity, the method (**{MAIN_BRANCH}**) "
+                     f"keeps {own['mean'] * scale:.1f}{unit} (n = {own['n_seeds']}): " + "; ".join(said) + ".")
+    return lines
+
+
 def resolution(runs: pd.DataFrame, metric: str) -> float | None:
     """An accuracy's smallest step, 1 / the test set's size, when every run records the same size (else None:
     the paired test then treats only float noise as no difference)."""
@@ -272,9 +335,13 @@ def write_report(
         summary = summarize(runs, metric, by)
         robust = robustness(runs, metric, by, tolerance)
         comparisons = compare(runs, hue, metric, by, alpha, resolution(runs, metric)) if hue else pd.DataFrame()
+        comparisons, controls = control_comparisons(runs, hue, comparisons, metric, by, alpha,
+                                                    resolution(runs, metric))
         summary.to_csv(out / "summary.csv", index=False)
         robust.to_csv(out / "robustness.csv", index=False)
         comparisons.to_csv(out / "comparisons.csv", index=False)
+        if not controls.empty:
+            controls.to_csv(out / "controls.csv", index=False)
         colors = palette(runs, hue)
         figure_notes: list[str] = []
         figures = _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors, figure_notes)
@@ -290,15 +357,26 @@ def write_report(
         ]
         if hue:
             lines += answer(summary, comparisons, hue, context, metric) or [f"- Only one `{hue}` per context."]
+            if not controls.empty:
+                arms = [c for c in by if c != "branch" and c in keys]
+                lines += ["", "Controls: each `branch` against its method's own level (`main`) at the same sparsity, "
+                          "paired by seed (the table *Controls against their method* has every level):", ""]
+                lines += control_answer(summary, controls, arms, metric)
+            separate = hue != "branch" and not controls.empty
             m = int(comparisons["p_holm"].notna().sum()) if not comparisons.empty else 0
+            m += int(controls["p_holm"].notna().sum()) if separate else 0
             tests = f"{m} test" + "s" * (m != 1)
-            lines += ["", f"*How to read this.* {CAVEAT.format(tests=tests, alpha=alpha)}", ""]
+            also = " and the controls table" if separate else ""
+            lines += ["", f"*How to read this.* {CAVEAT.format(tests=tests, controls=also, alpha=alpha)}", ""]
         flags = trust_flags(runs, by)
         budget, notes = budget_table(runs, by)
         lines += ["## Checks", ""]
         lines += flags or ["- Every curve's runs share one code version, torch version and configured budget."]
         lines += notes + [""]
         lines += _tables(summary, robust, comparisons, budget, shown, context, hue, by, metric, tolerance)
+        if not controls.empty:
+            arms = [c for c in by if c != "branch" and c in keys]
+            lines += _control_table(controls, arms, metric)
         lines += _figure_section(figures, figure_notes)
     else:
         lines += ["No complete run was found, so there is nothing to summarize yet.", ""]
@@ -409,6 +487,28 @@ def _tables(summary, robust, comparisons, budget, shown, context, hue, by, metri
               "rows with the same levels.", "",
               markdown_table(rob, formats=_formats(rob)), ""]
     return lines
+
+
+def _control_table(controls: pd.DataFrame, context: Sequence[str], metric: str) -> list[str]:
+    """Every (context, level, control) against `main`: the method's and the control's means over their paired
+    seeds, the gap (method - control), the test and its Holm-corrected p."""
+    unit = " (%)" if metric.endswith("acc") else ""
+    scale = 100 if unit else 1
+    rows = []
+    for _, r in controls.iterrows():
+        main_high = r["higher"] == MAIN_BRANCH
+        rows.append({**{c: r[c] for c in context}, "sparsity (%)": r[LEVEL] * 100,
+                     "control": r["lower"] if main_high else r["higher"],
+                     f"method{unit}": (r["higher_mean"] if main_high else r["lower_mean"]) * scale,
+                     f"control{unit}": (r["lower_mean"] if main_high else r["higher_mean"]) * scale,
+                     f"method - control{unit and ' (points)'}": (1 if main_high else -1) * r["mean_diff"] * scale,
+                     "paired seeds": r["n_pairs"], "test": r["test"], "p (of the test)": r["p"],
+                     "p_holm": r["p_holm"], "significant": r["significant"]})
+    table = pd.DataFrame(rows)
+    return ["### Controls against their method (`main`; paired by seed; Holm-corrected p_holm decides)", "",
+            "Each control arm (a level's `branch`) against its method's own level at the same sparsity: positive "
+            "gaps mean the method did better. The tests are in the same Holm family as the pairwise comparisons.",
+            "", markdown_table(table, formats=_formats(table)), ""]
 
 
 def _figure_section(figures: dict[str, str], notes: Sequence[str] = ()) -> list[str]:

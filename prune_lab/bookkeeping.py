@@ -42,7 +42,15 @@ BOOKKEEPING: tuple[str, ...] = (
 # At that value a key is left out of the experiment's identity (config hash, dense-cache key, conditions), so a
 # finished sweep keeps its hash when a release adds a setting; any other value is a new experiment. Add a key
 # here when you add a setting whose default reproduces the old behaviour exactly; never change a value here.
-NEUTRAL: dict[str, Any] = {}
+NEUTRAL: dict[str, Any] = {
+    "pruner.controls": [],  # the at-init pruners' sanity checks (snip, grasp, synflow): none, as before
+}
+# Where a key already existed elsewhere (in another option of its group), its neutral value is neutral only in
+# the configs that match here (dotted key -> value): there the key is new. imp's `controls: []` has always been
+# part of imp's config, so imp's hash keeps it.
+NEUTRAL_WHERE: dict[str, dict[str, Any]] = {
+    "pruner.controls": {"pruner._target_": "prune_lab.pruners.at_init.AtInit"},
+}
 
 # Keys that place a run on a curve rather than define its curve: the statistics' axes.
 AXES: tuple[str, ...] = ("seed", "sparsity", "pruner.sparsity")
@@ -74,12 +82,18 @@ def neutral_keys(config: Mapping[str, Any]) -> list[str]:
     """The NEUTRAL keys `config` holds at their neutral value (left out of its identity)."""
     found = []
     for key, value in NEUTRAL.items():
-        node: Any = config
-        for part in key.split("."):
-            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
-        if node is not _ABSENT and json.dumps(node, sort_keys=True) == json.dumps(value, sort_keys=True):
+        where = NEUTRAL_WHERE.get(key, {})
+        if _holds(config, key, value) and all(_holds(config, k, v) for k, v in where.items()):
             found.append(key)
     return found
+
+
+def _holds(config: Mapping[str, Any], key: str, value: Any) -> bool:
+    """Whether the dotted `key` of `config` is present and equal to `value` (as JSON)."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+    return node is not _ABSENT and json.dumps(node, sort_keys=True) == json.dumps(value, sort_keys=True)
 
 
 _ABSENT = object()

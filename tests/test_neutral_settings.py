@@ -50,3 +50,16 @@ def test_any_other_value_is_a_new_experiment(neutral: None, values: dict) -> Non
 
 def test_without_the_list_every_key_counts() -> None:
     assert config_hash(with_keys(distribution="uniform")) != config_hash(OLD)
+
+
+def test_a_key_new_to_some_options_is_neutral_only_in_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pruner.controls: new to the at-init pruners, part of imp's config all along (bookkeeping.NEUTRAL_WHERE)
+    monkeypatch.setattr(bookkeeping, "NEUTRAL", {"pruner.extra": []})
+    monkeypatch.setattr(bookkeeping, "NEUTRAL_WHERE", {"pruner.extra": {"pruner._target_": OLD["pruner"]["_target_"]}})
+    new = copy.deepcopy(OLD)
+    new["pruner"]["extra"] = []
+    assert config_hash(new) == config_hash(OLD)
+    other, other_with = copy.deepcopy(OLD), copy.deepcopy(new)
+    other["pruner"]["_target_"] = other_with["pruner"]["_target_"] = "prune_lab.pruners.iterative.Iterative"
+    assert config_hash(other_with) != config_hash(other)
+    assert bookkeeping.condition_config(other_with) != bookkeeping.condition_config(other)

@@ -12,6 +12,7 @@ phase that precedes a pruning step; what it accumulates is the hook's state, so 
 
 - Magnitude (Han et al. 2015): |w|.
 - Random: uniform draws (the control).
+- Inverted: another score negated (the inversion ablation of Frankle et al. 2021).
 - SNIP (Lee et al. 2019): |g * w| on a few training batches.
 - GraSP (Wang et al. 2020): w * (H g); the lowest go (the weights whose removal least reduces gradient flow).
 - SynFlow (Tanaka et al. 2020): |w * dR/dw| of R = sum of the outputs of |w| on an all-ones input, float64.
@@ -153,6 +154,21 @@ class Random(Score):
         if inputs.generator is None:
             raise ValueError("the Random score needs a generator for reproducibility")
         return {n: torch.rand(w.shape, generator=inputs.generator).to(w.device) for n, w in inputs.weights().items()}
+
+
+@dataclass(frozen=True)
+class Inverted(Score):
+    """Another score's order reversed: its highest-scored weights (and units) go first. The inversion ablation of
+    Frankle et al. 2021 (ICLR), Section 5: the method's own selection, pruning the weights it would have kept
+    (their code's `--prune_highest`)."""
+
+    score: Score
+
+    def weights(self, inputs: ScoreInputs) -> Scores:
+        return {n: -s for n, s in self.score.weights(inputs).items()}
+
+    def units(self, inputs: ScoreInputs) -> Scores:
+        return {n: -s for n, s in self.score.units(inputs).items()}
 
 
 @dataclass(frozen=True)

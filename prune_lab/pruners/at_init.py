@@ -48,6 +48,9 @@ class AtInit(Pruner):
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise UserError(f"pruner.rounds={self.rounds!r} must be a positive number of scoring rounds")
 
+    def final_selection(self) -> Selection:
+        return self.select
+
     @property
     def target(self) -> float:
         return self.sparsity

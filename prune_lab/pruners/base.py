@@ -45,6 +45,11 @@ class Pruner(ABC):
         score that cannot work with this schedule or data. The default accepts everything."""
         return None
 
+    def final_selection(self) -> Selection | None:
+        """The selection that prunes every layer towards the one final `target`, or None: no selection, or
+        per-layer targets of the method's own (imp's layer_rates). Certain layer collapse is asked of it."""
+        return None
+
     @abstractmethod
     def run(self, job: Job) -> None:
         """Drive the job to the end, recording every sparsity level with `job.evaluate`."""

@@ -73,6 +73,9 @@ class PruneWhileTraining(Pruner):
         targets = ((s, self.target_at(s, total)) for s in range(total + 1))
         return [(s, t) for s, t in targets if t is not None]
 
+    def final_selection(self) -> Selection:
+        return self.select
+
     @property
     def target(self) -> float:
         return self.final_sparsity

@@ -146,6 +146,9 @@ class Iterative(Pruner):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise UserError(f"pruner.epochs={self.epochs!r} must be a whole number of epochs per round")
 
+    def final_selection(self) -> Selection | None:
+        return None if self.layer_rates else self.select  # layer_rates: each layer has its own target
+
     @property
     def target(self) -> float:
         return self.sparsity

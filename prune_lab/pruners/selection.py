@@ -122,6 +122,12 @@ class Selection(ABC):
         any target within half a weight per layer (the record contract's tolerance)."""
         return None
 
+    def empties(self, shapes: Shapes, sparsity: float) -> list[str]:
+        """The layers this selection prunes whole at `sparsity`, whatever the scores: certain layer collapse,
+        refused before training (prune_lab.collapse). [] where the scores decide (global ranking) or every layer
+        keeps a weight by construction (units: max_sparsity)."""
+        return []
+
 
 @dataclass(frozen=True)
 class Unstructured(Selection):
@@ -132,6 +138,11 @@ class Unstructured(Selection):
 
     def takes_layer_targets(self) -> bool:
         return self.scope == "layerwise"
+
+    def empties(self, shapes: Shapes, sparsity: float) -> list[str]:
+        if self.scope != "layerwise":
+            return []  # one global threshold: which layer empties depends on the scores
+        return [n for n, s in shapes.items() if round(sparsity * math.prod(s)) >= math.prod(s)]
 
     def select(self, score: Score, inputs: ScoreInputs, sparsity: Target) -> Mask:
         return prune_lowest(score.weights(inputs), inputs.mask, sparsity, self.scope)

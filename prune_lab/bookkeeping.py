@@ -41,7 +41,9 @@ BOOKKEEPING: tuple[str, ...] = (
 # At that value a key is left out of the experiment's identity (config hash, dense-cache key, conditions), so a
 # finished sweep keeps its hash when a release adds a setting; any other value is a new experiment. Add a key
 # here when you add a setting whose default reproduces the old behaviour exactly; never change a value here.
-NEUTRAL: dict[str, Any] = {}
+NEUTRAL: dict[str, Any] = {
+    "pruner.select.distribution": "uniform",  # 2026-12: layerwise layer shares (er, erk); uniform is the old selection
+}
 
 # Keys that place a run on a curve rather than define its curve: the statistics' axes.
 AXES: tuple[str, ...] = ("seed", "sparsity", "pruner.sparsity")

@@ -48,5 +48,12 @@ def test_any_other_value_is_a_new_experiment(neutral: None, values: dict) -> Non
     assert bookkeeping.condition_config(new) != bookkeeping.condition_config(OLD)
 
 
-def test_without_the_list_every_key_counts() -> None:
+def test_without_the_list_every_key_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bookkeeping, "NEUTRAL", {})
     assert config_hash(with_keys(distribution="uniform")) != config_hash(OLD)
+
+
+def test_layerwise_selection_s_uniform_distribution_is_neutral() -> None:
+    """pruner.select.distribution (er, erk) came after runs were recorded: uniform is what they all did."""
+    assert config_hash(with_keys(distribution="uniform")) == config_hash(OLD)
+    assert config_hash(with_keys(distribution="erk")) != config_hash(OLD)

@@ -57,7 +57,9 @@ class AtInit(Pruner):
 
     def check(self, shapes: Shapes, data: Splits) -> None:
         check_scored(self.score, self.select, self.sparsity, shapes, data, trains_before_scoring=False,
-                     schedule="pruning at initialization")
+                     schedule="pruning at initialization",
+                     steps=[round_sparsity(self.sparsity, k, self.rounds) for k in range(1, self.rounds)],
+                     hint="set pruner.rounds=1 (one round straight to the target)")
 
     def prune(self, job: Job) -> Mask:
         """The mask at the target, computed from the current (initial) weights; the model is not changed."""

@@ -19,6 +19,8 @@ below -1) never prunes more than asked, and weights already pruned stay pruned a
   target that whole units cannot reach within the record contract's tolerance (`check_target`: the line names
   the nearest reachable targets); a global one lands as close as the scores allow and the level is marked
   `off_target` when it misses.
+- `NM`: N:M semi-structured sparsity, the n lowest of every m consecutive input weights of each output row;
+  it lands only on k/m, so it refuses other targets, and a schedule's steps between them, before training.
 """
 
 from __future__ import annotations

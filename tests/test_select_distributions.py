@@ -11,6 +11,8 @@ import torch
 
 from prune_lab.errors import UserError
 from prune_lab.masks import Mask
+from prune_lab.pruners.at_init import AtInit
+from prune_lab.pruners.during_training import Cubic, Gradual
 from prune_lab.pruners.iterative import Iterative
 from prune_lab.pruners.scores import Magnitude
 from prune_lab.pruners.selection import NM, Unstructured, layer_sparsities, select_mask
@@ -212,3 +214,28 @@ def test_imps_rounds_between_k_over_m_are_refused_with_what_to_set() -> None:
 def test_n_must_leave_a_weight_in_each_group() -> None:
     with pytest.raises(UserError, match="n < m"):
         NM(4, 4)
+
+
+def test_erk_s_small_dense_layers_keep_a_layer_that_uniform_empties() -> None:
+    """Certain layer collapse is asked of the selection: uniform rounds the 36-weight output layer away at 0.99,
+    ERK gives it a lower sparsity (0.968, 1 weight kept)."""
+    assert Unstructured().empties(PENGUIN, 0.99) == ["net.3.weight"]
+    assert Unstructured(distribution="erk").empties(PENGUIN, 0.99) == []
+    assert Unstructured("global").empties(PENGUIN, 0.99) == []
+
+
+@pytest.mark.parametrize(("schedule", "hint"), [
+    (lambda select: Gradual(Magnitude(), select, epochs=1, sparsity=0.5), r"set pruner.events=\[0.5\]"),
+    (lambda select: Cubic(Magnitude(), select, epochs=1, sparsity=0.5), "use pruner=gradual"),
+    (lambda select: AtInit(Magnitude(), select, sparsity=0.5, epochs=1, rounds=3), "set pruner.rounds=1"),
+])
+def test_schedules_stepping_between_k_over_m_say_what_to_set(schedule, hint: str) -> None:
+    with pytest.raises(UserError, match=f"intermediate target.*{hint}"):
+        schedule(NM()).check(PENGUIN, None)
+    schedule(Unstructured()).check(PENGUIN, None)  # single weights land on any step
+
+
+def test_what_the_refusals_say_to_set_is_accepted() -> None:
+    Gradual(Magnitude(), NM(), epochs=1, sparsity=0.5, events=[0.5]).check(PENGUIN, None)
+    AtInit(Magnitude(), NM(), sparsity=0.5, epochs=1, rounds=1).check(PENGUIN, None)
+    Iterative(sparsity=0.75, epochs=1, select=NM(3, 4), rate=0.5).check(PENGUIN, None)  # rounds 0.5, 0.75

@@ -93,8 +93,9 @@ def build_job(spec: RunSpec, run_dir: Path, job_type: type[Job] = Job, *, device
         f"{spec.choices.get('init')}, on {device} with {threads} thread(s) ({time.perf_counter() - started:.1f} s)")
     prunable = spec.prunable.names(model)
     params = dict(model.named_parameters())
-    spec.pruner.check({n: tuple(params[n].shape) for n in prunable}, data)  # unreachable target, unfit score
-    refuse_certain_collapse({n: params[n].numel() for n in prunable}, spec.config.get("pruner") or {})
+    shapes = {n: tuple(params[n].shape) for n in prunable}
+    spec.pruner.check(shapes, data)  # unreachable target, unfit score
+    refuse_certain_collapse(shapes, spec.pruner.target, spec.pruner.final_selection())
     store = PhaseStore(run_dir / "checkpoints", spec.config_hash, code_digest(spec.config))
     metrics = MetricsLog(run_dir / METRICS)
     return job_type(model, data, spec.train, prunable, spec.init, spec.seed, store, metrics, dense_cache=cache,

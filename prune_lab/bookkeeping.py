@@ -44,6 +44,7 @@ BOOKKEEPING: tuple[str, ...] = (
 # here when you add a setting whose default reproduces the old behaviour exactly; never change a value here.
 NEUTRAL: dict[str, Any] = {
     "pruner.controls": [],  # the at-init pruners' sanity checks (snip, grasp, synflow): none, as before
+    "pruner.select.distribution": "uniform",  # 2026-12: layerwise layer shares (er, erk); uniform is the old selection
 }
 # Where a key already existed elsewhere (in another option of its group), its neutral value is neutral only in
 # the configs that match here (dotted key -> value): there the key is new. imp's `controls: []` has always been

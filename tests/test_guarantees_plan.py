@@ -111,9 +111,11 @@ def test_defaults_are_the_lottery_ticket_papers():
     ({"rate": 1.5}, r"^pruner.rate=1.5 must be a fraction"),
     ({"layer_rates": {"a*": 1.0}}, r"^pruner.layer_rates.a\*=1.0 must be a fraction"),
     ({"select": Unstructured("global"), "layer_rates": {"a": 0.3}},
-     r"^pruner.layer_rates needs pruner.select.scope=layerwise \(unstructured; global and unit selection have no "
-     r"layer rates\); or drop them with pruner.layer_rates=null$"),
-    ({"select": Units(), "layer_rates": {"a": 0.3}}, r"^pruner.layer_rates needs pruner.select.scope=layerwise"),
+     r"^pruner.layer_rates needs pruner/select=layerwise \(uniform unstructured; global, er, erk, nm and unit "
+     r"selection set the layers' shares themselves\); or drop them with pruner.layer_rates=null$"),
+    ({"select": Units(), "layer_rates": {"a": 0.3}}, r"^pruner.layer_rates needs pruner/select=layerwise"),
+    ({"select": Unstructured(distribution="erk"), "layer_rates": {"a": 0.3}},
+     r"^pruner.layer_rates needs pruner/select=layerwise"),
     ({"reinit": "random"}, "^" + re.escape(
         "pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains the ticket's mask "
         "from a fresh init (pruner.controls=[randomly_reinitialize]); for a fresh draw before each round's "

@@ -48,7 +48,8 @@ def test_any_other_value_is_a_new_experiment(neutral: None, values: dict) -> Non
     assert bookkeeping.condition_config(new) != bookkeeping.condition_config(OLD)
 
 
-def test_without_the_list_every_key_counts() -> None:
+def test_without_the_list_every_key_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bookkeeping, "NEUTRAL", {})
     assert config_hash(with_keys(distribution="uniform")) != config_hash(OLD)
 
 
@@ -63,3 +64,9 @@ def test_a_key_new_to_some_options_is_neutral_only_in_those(monkeypatch: pytest.
     other["pruner"]["_target_"] = other_with["pruner"]["_target_"] = "prune_lab.pruners.iterative.Iterative"
     assert config_hash(other_with) != config_hash(other)
     assert bookkeeping.condition_config(other_with) != bookkeeping.condition_config(other)
+
+
+def test_layerwise_selection_s_uniform_distribution_is_neutral() -> None:
+    """pruner.select.distribution (er, erk) came after runs were recorded: uniform is what they all did."""
+    assert config_hash(with_keys(distribution="uniform")) == config_hash(OLD)
+    assert config_hash(with_keys(distribution="erk")) != config_hash(OLD)

@@ -78,7 +78,8 @@ def readme_table(header: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("header", "folder"), [("| `pruner=` (schedule)", "pruner"),
-                                                ("| `pruner/score=`", "pruner/score")])
+                                                ("| `pruner/score=`", "pruner/score"),
+                                                ("| `pruner/select=`", "pruner/select")])
 def test_readme_lists_every_schedule_and_score_with_its_source(header: str, folder: str):
     rows = readme_table(header)
     options = sorted(p.stem for p in (CONF / folder).glob("*.yaml"))

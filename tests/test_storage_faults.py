@@ -17,6 +17,7 @@ from torch import nn
 from prune_lab.collapse import certain_collapse
 from prune_lab.data.torchvision_sets import idx_problem
 from prune_lab.evaluation import Score, measure_level
+from prune_lab.pruners.selection import Units, Unstructured
 from prune_lab.storage import PhaseStore, _process_start, clean_leftovers, stale_temp_files
 
 BUILDER = textwrap.dedent("""
@@ -109,16 +110,15 @@ def test_idx_problem_checks_the_size_the_header_promises(tmp_path: Path) -> None
 
 
 def test_layer_collapse_is_refused_only_when_the_sizes_make_it_certain() -> None:
-    sizes = {"net.0.weight": 144, "net.2.weight": 36}  # the penguin MLP: 180 prunable weights
-    magnitude = {"sparsity": 0.999, "select": {"_target_": "prune_lab.pruners.selection.Unstructured",
-                                               "scope": "global"}}
-    assert "fewer than the 2 prunable layers" in certain_collapse(sizes, magnitude)
-    layerwise = {"sparsity": 0.99, "select": {"_target_": "prune_lab.pruners.selection.Unstructured",
-                                              "scope": "layerwise"}}
-    assert "net.2.weight" in certain_collapse(sizes, layerwise)  # round(0.99 * 36) = 36
-    assert certain_collapse(sizes, {**layerwise, "select": {**layerwise["select"], "scope": "global"}}) is None
-    assert certain_collapse(sizes, {**layerwise, "sparsity": 0.9}) is None
-    assert certain_collapse(sizes, {"rate": 0.2}) is None  # a schedule that does not end at a target sparsity
+    shapes = {"net.0.weight": (12, 12), "net.2.weight": (3, 12)}  # the penguin MLP: 180 prunable weights
+    layerwise, global_ = Unstructured("layerwise"), Unstructured("global")
+    assert "fewer than the 2 prunable layers" in certain_collapse(shapes, 0.999, global_)
+    assert "net.2.weight" in certain_collapse(shapes, 0.99, layerwise)  # round(0.99 * 36) = 36
+    assert certain_collapse(shapes, 0.99, global_) is None
+    assert certain_collapse(shapes, 0.9, layerwise) is None
+    assert certain_collapse(shapes, 0.99, None) is None  # per-layer targets of the pruner's own (imp's layer_rates)
+    assert certain_collapse(shapes, 0.99, Units()) is None  # every layer keeps a unit (max_sparsity refuses)
+    assert certain_collapse(shapes, 0.0, layerwise) is None  # a pruner that ends dense
 
 
 def test_a_level_names_its_collapsed_layers() -> None:

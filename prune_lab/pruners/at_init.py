@@ -118,13 +118,18 @@ class AtInit(Pruner):
             raise UserError("pruner.controls shuffle and draw single weights: they need single-weight selection "
                             "(pruner.select: Unstructured), not whole units")
 
+    def final_selection(self) -> Selection:
+        return self.select
+
     @property
     def target(self) -> float:
         return self.sparsity
 
     def check(self, shapes: Shapes, data: Splits) -> None:
         check_scored(self.score, self.select, self.sparsity, shapes, data, trains_before_scoring=False,
-                     schedule="pruning at initialization")
+                     schedule="pruning at initialization",
+                     steps=[round_sparsity(self.sparsity, k, self.rounds) for k in range(1, self.rounds)],
+                     hint="set pruner.rounds=1 (one round straight to the target)")
 
     def prune(self, job: Job, score: Score | None = None) -> Mask:
         """The mask at the target by `score` (default: the method's), computed from the current (initial) weights

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prune_lab.data.splits import Splits
@@ -45,6 +46,11 @@ class Pruner(ABC):
         score that cannot work with this schedule or data. The default accepts everything."""
         return None
 
+    def final_selection(self) -> Selection | None:
+        """The selection that prunes every layer towards the one final `target`, or None: no selection, or
+        per-layer targets of the method's own (imp's layer_rates). Certain layer collapse is asked of it."""
+        return None
+
     @abstractmethod
     def run(self, job: Job) -> None:
         """Drive the job to the end, recording every sparsity level with `job.evaluate`."""
@@ -58,10 +64,12 @@ def check_reachable(target: float, reachable: float, method: str, hint: str = ""
 
 
 def check_scored(score: Score, select: Selection, target: float, shapes: Shapes, data: Splits, *,
-                 trains_before_scoring: bool, schedule: str) -> None:
-    """The checks every scored schedule makes before training: the target is reachable by the selection, and
-    the score works with this schedule and data."""
+                 trains_before_scoring: bool, schedule: str, steps: Iterable[float] = (), hint: str = "") -> None:
+    """The checks every scored schedule makes before training: the target, and the schedule's intermediate
+    targets on the way (`steps`; `hint`: what to set so that there are none), are reachable by the selection,
+    and the score works with this schedule and data."""
     check_reachable(target, select.max_sparsity(shapes),
                     f"{schedule} with {type(select).__name__.lower()} selection")
     select.check_target(shapes, target, schedule)
+    select.check_steps(shapes, [t for t in steps if t != target], schedule, hint)
     score.check(data, trains_before_scoring, schedule)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
@@ -59,6 +59,9 @@ class PruneWhileTraining(Pruner):
     epochs: int
     distill: Distillation = field(default_factory=Distillation)
 
+    # What to set for one pruning step straight to the target (a selection that lands only on some targets)
+    single_step_hint: ClassVar[str] = ""
+
     @abstractmethod
     def target_at(self, step: int, total: int) -> float | None:
         """The sparsity to prune to after optimizer step `step` of `total` (0: before the first), or None."""
@@ -73,6 +76,9 @@ class PruneWhileTraining(Pruner):
         targets = ((s, self.target_at(s, total)) for s in range(total + 1))
         return [(s, t) for s, t in targets if t is not None]
 
+    def final_selection(self) -> Selection:
+        return self.select
+
     @property
     def target(self) -> float:
         return self.final_sparsity
@@ -80,8 +86,11 @@ class PruneWhileTraining(Pruner):
     def check(self, shapes: Shapes, data: Splits) -> None:
         # A schedule that prunes (to more than 0) before its first step scores an untrained network.
         trains = not self.target_at(0, 1000)
+        # The steps of a nominal 1000-step run: gradual's events do not depend on the length, agp's cubic
+        # passes between k/m targets at any length with more than one pruning step.
         check_scored(self.score, self.select, self.final_sparsity, shapes, data, trains_before_scoring=trains,
-                     schedule=f"pruner {type(self).__name__}" + ("" if trains else " (pruning at step 0)"))
+                     schedule=f"pruner {type(self).__name__}" + ("" if trains else " (pruning at step 0)"),
+                     steps=[t for _, t in self.schedule(1000)], hint=self.single_step_hint)
 
     def run(self, job: Job) -> None:
         teacher = teacher_before_pruning(job, self.distill, self.epochs)
@@ -105,6 +114,7 @@ class Gradual(PruneWhileTraining):
 
     sparsity: float = 0.3
     events: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
+    single_step_hint: ClassVar[str] = "set pruner.events=[0.5] (one event straight to the target)"
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
@@ -138,6 +148,8 @@ class Cubic(PruneWhileTraining):
     every `every` steps from t_0 = start to t_end = end (fractions of training); s_f is reached at t_end."""
 
     sparsity: float = 0.5
+    single_step_hint: ClassVar[str] = ("agp's cubic passes through every sparsity on the way: use pruner=gradual "
+                                       "'pruner.events=[0.5]' or pruner=magnitude")
     initial_sparsity: float = 0.0
     start: float = 0.1
     end: float = 0.75

@@ -122,8 +122,9 @@ class Iterative(Pruner):
         self.layer_rates = {str(k): check_rate(v, f"pruner.layer_rates.{k}")
                             for k, v in (self.layer_rates or {}).items()}
         if self.layer_rates and not self.select.takes_layer_targets():
-            raise UserError("pruner.layer_rates needs pruner.select.scope=layerwise (unstructured; global and unit "
-                            "selection have no layer rates); or drop them with pruner.layer_rates=null")
+            raise UserError("pruner.layer_rates needs pruner/select=layerwise (uniform unstructured; global, er, erk, "
+                            "nm and unit selection set the layers' shares themselves); or drop them with "
+                            "pruner.layer_rates=null")
         if self.reinit == "random":
             raise UserError("pruner=imp pruner.reinit=random is not the Lottery Ticket control: the paper retrains "
                             "the ticket's mask from a fresh init (pruner.controls=[randomly_reinitialize]); "
@@ -146,14 +147,18 @@ class Iterative(Pruner):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise UserError(f"pruner.epochs={self.epochs!r} must be a whole number of epochs per round")
 
+    def final_selection(self) -> Selection | None:
+        return None if self.layer_rates else self.select  # layer_rates: each layer has its own target
+
     @property
     def target(self) -> float:
         return self.sparsity
 
     def check(self, shapes: Shapes, data: Splits) -> None:
-        self.plan({n: math.prod(s) for n, s in shapes.items()})  # refuses what it cannot reach
+        plan = self.plan({n: math.prod(s) for n, s in shapes.items()})  # refuses what it cannot reach
         check_scored(self.score, self.select, self.sparsity, shapes, data, trains_before_scoring=True,
-                     schedule="pruner imp")
+                     schedule="pruner imp", steps=[overall for overall, _ in plan],
+                     hint=f"set pruner.rate={self.sparsity:g} (one round straight to the target)")
 
     # --- the plan: every number is decided before training, from sizes alone --------------------------
     def rates_for(self, names: list[str]) -> dict[str, float]:

@@ -46,6 +46,9 @@ class OneShot(Pruner):
         self.sparsity = check_sparsity(self.sparsity)
         check_fate(self.reinit)
 
+    def final_selection(self) -> Selection:
+        return self.select
+
     @property
     def target(self) -> float:
         return self.sparsity

@@ -325,7 +325,8 @@ def _single_epoch(ax: plt.Axes) -> None:
     for line in lines:
         line.set_marker("o")
     for band in [c for c in ax.collections if isinstance(c, PolyCollection)]:
-        y = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        paths = band.get_paths()  # none: one seed, no interval to draw
+        y = np.concatenate([p.vertices[:, 1] for p in paths]) if paths else np.empty(0)
         if len(y):
             ax.vlines(epoch, y.min(), y.max(), colors=[band.get_facecolor()[0][:3]], lw=5, alpha=0.4, gid="interval")
     ax.set_xlim(epoch - 1, epoch + 1)

@@ -130,3 +130,14 @@ def test_flops_figure_only_where_flops_do_not_follow_the_weights(tmp_path):
     report = write_report(_sweep_with_flops(False), tmp_path / "conv", hue="init").read_text()
     assert (tmp_path / "conv" / "figures" / "flops.png").exists() and "figures/flops.png" in report
     assert "left out" not in report
+
+
+def test_a_phase_of_one_epoch_with_one_seed_draws_its_point_without_an_interval():
+    # One seed: no t-interval, so seaborn draws no band (the first-hour retry crashed here on a debug sweep).
+    rows = [{"init": "a", "seed": 0, "phase": "finetune", "epoch": 1, "run_target_sparsity": 0.5, "val_acc": 0.7},
+            {"init": "a", "seed": 0, "phase": "dense", "epoch": 1, "run_target_sparsity": 0.5, "val_acc": 0.6}]
+    g = plot_training(pd.DataFrame(rows))
+    for ax in g.axes.flat:
+        points = [line for line in ax.get_lines() if len(line.get_xdata())]
+        assert [line.get_marker() for line in points] == ["o"]
+        assert not [c for c in ax.collections if c.get_gid() == "interval"]

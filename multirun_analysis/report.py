@@ -367,7 +367,11 @@ def write_report(
             m += int(controls["p_holm"].notna().sum()) if separate else 0
             tests = f"{m} test" + "s" * (m != 1)
             also = " and the controls table" if separate else ""
-            lines += ["", f"*How to read this.* {CAVEAT.format(tests=tests, controls=also, alpha=alpha)}", ""]
+            if m:
+                lines += ["", f"*How to read this.* {CAVEAT.format(tests=tests, controls=also, alpha=alpha)}", ""]
+            else:  # one seed, or no pair of groups: nothing was tested, so no correction to explain
+                lines += ["", "*How to read this.* No test could be run: a paired test needs at least two seeds that "
+                          "both groups of a pair have. Differences above are single runs, not evidence.", ""]
         flags = trust_flags(runs, by)
         budget, notes = budget_table(runs, by)
         lines += ["## Checks", ""]

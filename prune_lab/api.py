@@ -135,8 +135,17 @@ def compose(*overrides: str, config_dir: str | Path | None = None) -> tuple[Any,
     extra = []
     if config_dir is not None:
         extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"]
+    from prune_lab.errors import UserError
+    from prune_lab.guard import describe_hydra_error
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="prune_lab"):
-        cfg = hydra_compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
+        try:
+            cfg = hydra_compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
+        except Exception as e:  # a typo or a bad override: the command line's one line, as a UserError
+            line = describe_hydra_error(e)
+            if line is None:
+                raise
+            raise UserError(line) from e
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
     with open_dict(cfg):
         del cfg["hydra"]  # the command line's task function never sees it either: same config, same hash

@@ -217,3 +217,11 @@ def test_values_that_print_alike_still_make_two_curves(sweeps, tmp_path):
     assert (summarize(loaded)["n_seeds"] == 1).all()  # never averaged together
     g = plot_tradeoff(loaded)
     assert len([line for line in g.axes.flat[0].get_lines() if line.get_gid() is None and len(line.get_xdata())]) == 2
+
+
+def test_a_one_seed_sweep_says_no_test_could_be_run(sweeps, tmp_path):
+    # seed 0 of each pruner: nothing to pair, so no "Holm's correction over all 0 tests" (first-hour retry)
+    one = tmp_path / "one_seed"
+    assert _copy_runs(sweeps["pruners"], one, lambda name: "seed=0" in name)
+    report, _ = _report(one, out=tmp_path / "out")
+    assert "No test could be run" in report and "over all 0 tests" not in report

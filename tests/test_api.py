@@ -73,3 +73,9 @@ def test_bad_input_and_unfinished_folders_raise_one_clear_error(tmp_path: Path) 
         run("sparsity=1.5", *TINY, run_dir=tmp_path / "bad")
     with pytest.raises(UserError, match="holds no finished run"):
         load_run(tmp_path / "bad")
+    # typos: the command line's one line, not Hydra's exception and its advice to append with +
+    with pytest.raises(UserError, match=r"pruner=magnitud is not an option of pruner: did you mean magnitude"):
+        run("pruner=magnitud", *TINY, run_dir=tmp_path / "typo")
+    with pytest.raises(UserError, match=r"train\.lrr is not a setting: did you mean train\.lr\?") as caught:
+        run("train.lrr=0.1", *TINY, run_dir=tmp_path / "typo")
+    assert "+train" not in str(caught.value)

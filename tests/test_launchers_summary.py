@@ -40,13 +40,13 @@ def counts(rows: list[str]) -> tuple[str, str, str]:
 
 def test_eta_is_unknown_until_a_run_ends_then_mean_time_times_runs_left_over_workers() -> None:
     progress = Progress(workers=2)
-    assert progress.status(0, 2, 4).endswith("[sweep: 0 done, 2 running, 4 left; 0 failed]  ETA ?")
+    assert progress.status(0, 2, 4).endswith("[sweep: 0 ended, 2 running, 4 left; 0 failed]  ETA ?")
     progress.end(JobOutcome(0, [], "0", status="skipped"))  # took no time: says nothing of the others
     assert progress.eta(5) == "?"
     for seconds in (10.0, 30.0):
         progress.end(JobOutcome(1, [], "1", status="completed", job_s=seconds))
     progress.end(JobOutcome(2, [], "2", status="failed", reason="x", job_s=20.0))
-    assert progress.status(4, 2, 4) == "[sweep: 4 done, 2 running, 4 left; 1 failed]  ETA 0:01:00"  # 20 s × 6 / 2
+    assert progress.status(4, 2, 4) == "[sweep: 4 ended, 2 running, 4 left; 1 failed]  ETA 0:01:00"  # 20 s × 6 / 2
     assert progress.eta(0) == "0:00:00"
 
 
@@ -82,8 +82,8 @@ def test_a_local_sweep_shows_an_eta_and_ends_with_a_table_naming_failures_and_th
                      cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     out = single.stdout + single.stderr
-    assert "[sweep: 0 done, 1 running, 2 left; 0 failed]  ETA ?" in out
-    assert re.search(rf"\[sweep: 2 done, 1 running, 0 left; 0 failed\]  ETA {CLOCK}", out), out[-3000:]
+    assert "[sweep: 0 ended, 1 running, 2 left; 0 failed]  ETA ?" in out
+    assert re.search(rf"\[sweep: 2 ended, 1 running, 0 left; 0 failed\]  ETA {CLOCK}", out), out[-3000:]
     rows = table(out)
     assert counts(rows) == ("3", "0", "0")
     assert not any("failed runs" in r for r in rows)

@@ -106,7 +106,7 @@ def test_a_sweep_says_how_many_jobs_are_done_running_and_left(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     for done, left in ((0, 2), (1, 1), (2, 0)):
-        assert f"[sweep: {done} done, 1 running, {left} left; 0 failed]" in out, out[-3000:]
+        assert f"[sweep: {done} ended, 1 running, {left} left; 0 failed]" in out, out[-3000:]
 
 
 def test_start_up_says_what_it_is_doing_before_the_first_epoch(tmp_path: Path) -> None:

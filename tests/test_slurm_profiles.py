@@ -75,7 +75,7 @@ def test_local_profile_keeps_every_result_when_one_job_fails(tmp_path: Path, war
     assert done.returncode == 2  # every failure is bad input: 2, as a single run (1 when a job crashed)
     report = done.stdout + done.stderr
     assert "1 of 2 sweep job(s) failed; the other 1 finished" in report, report[-3000:]
-    assert "sweep: 2 done, 0 running, 0 left; 1 failed" in report  # where the sweep stands, as jobs end
+    assert "sweep: 2 ended, 0 running, 0 left; 1 failed" in report  # where the sweep stands, as jobs end
     # warm workers: the run's own console log in its folder; one process per job: submitit's .err of the job
     (err_log,) = set(re.findall(r"log: (\S+__main__\.out)" if warm else r"log: (\S+_log\.err)", report))
     assert "sparsity=1.5 is outside [0, 1)" in Path(err_log).read_text()

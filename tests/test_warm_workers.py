@@ -45,7 +45,7 @@ def test_warm_workers_give_a_fresh_processs_results_and_keep_each_runs_folder_an
     assert one.returncode == 0, one.stderr[-3000:]
     report = warm.stdout + warm.stderr
     assert "Launching 4 jobs on 2 warm worker(s), 1 torch thread(s) each" in report
-    assert "sweep: 4 done, 0 running, 0 left; 0 failed" in report  # where the sweep stands, as jobs end
+    assert "sweep: 4 ended, 0 running, 0 left; 0 failed" in report  # where the sweep stands, as jobs end
 
     # Two worker processes ran the four jobs: each imported once and ran jobs in turn.
     ran = outcomes(tmp_path / "warm")

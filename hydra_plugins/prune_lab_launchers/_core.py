@@ -305,7 +305,7 @@ def clock(seconds: float) -> str:
 
 
 class Progress:
-    """`[sweep: 5 done, 1 running, 6 left; 0 failed]  ETA 0:01:12` as jobs start or end.
+    """`[sweep: 5 ended, 1 running, 6 left; 0 failed]  ETA 0:01:12` as jobs start or end (ended: failed ones too).
 
     The ETA is the mean wall time of the runs that ran to an end × the runs not finished / the workers running
     them at once ("ETA ?" until one has ended). A launcher that cannot time each job (submitit's) estimates from
@@ -335,7 +335,7 @@ class Progress:
         return "?"
 
     def status(self, done: int, running: int, left: int) -> str:
-        return (f"[sweep: {done} done, {running} running, {left} left; {self.failed} failed]  "
+        return (f"[sweep: {done} ended, {running} running, {left} left; {self.failed} failed]  "
                 f"ETA {self.eta(running + left)}")
 
     def ended_line(self, outcome: JobOutcome, done: int, running: int, left: int) -> None:

@@ -58,6 +58,7 @@ class Progress:
         self.last_record = self.started
         # phase -> (time of the record before its first epoch here, epochs done before that): for the ETA
         self.phase_start: dict[str, tuple[float, int]] = {}
+        self.first_end: dict[str, tuple[float, int]] = {}  # phase -> (time, epoch) of its first epoch's end here
 
     def due(self, epoch: int, epochs: int | None) -> bool:
         """Whether epoch `epoch` (1-based) of `epochs` gets a line."""
@@ -123,6 +124,11 @@ class Progress:
     def _epoch(self, record: dict[str, Any], now: float, elapsed: str) -> None:
         phase, epoch, epochs = record["phase"], record["epoch"], record.get("epochs")
         start_time, start_epoch = self.phase_start.setdefault(phase, (self.last_record, epoch - 1))
+        # The first epoch of an attempt carries one-off costs (the first optimizer step imports torch._dynamo,
+        # caches warm up): from the second on, the rate is measured from the end of the first.
+        first_end = self.first_end.setdefault(phase, (now, epoch))
+        if epoch > first_end[1]:
+            start_time, start_epoch = first_end
         if not self.due(epoch, epochs):
             return
         width = len(str(epochs)) if epochs else 1

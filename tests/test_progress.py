@@ -116,3 +116,19 @@ def test_start_up_says_what_it_is_doing_before_the_first_epoch(tmp_path: Path) -
     first_epoch = next(i for i, m in enumerate(lines) if m.startswith("dense 1/2"))
     assert lines[:first_epoch] == ["loading penguins...", lines[1]] and lines[1].startswith(
         "data: 199 train / 67 val / 67 test; model penguin_mlp: 195 parameters, init default, on cpu with ")
+
+
+def test_the_eta_leaves_out_the_first_epochs_one_off_costs(monkeypatch, caplog) -> None:
+    # first epoch 10 s (start-up: the first step imports torch._dynamo), then 1 s each: 7 epochs left -> 7 s
+    import logging
+
+    from prune_lab import progress as progress_module
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now["t"])
+    sink = progress_module.Progress("auto", live=False)
+    caplog.set_level(logging.INFO, logger="prune_lab")
+    for epoch, t in ((1, 10.0), (2, 11.0), (3, 12.0)):
+        now["t"] = t
+        sink({"phase": "dense", "epoch": epoch, "epochs": 10, "step": 4 * epoch, "train_loss": 0.5})
+    assert caplog.messages[-1].endswith("ETA 0:00:07"), caplog.messages  # not 0:00:28 (12 s / 3 epochs x 7)

@@ -69,8 +69,8 @@ def test_fuzzed_command_lines_end_in_a_record_or_one_line(tmp_path: Path, overri
     check(tmp_path, overrides)
 
 
-@pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@pytest.mark.slow  # 40 random command lines, about 4 s each: CI's budget (each is a fresh process)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(overrides=st.lists(override, min_size=1, max_size=5, unique_by=lambda o: o.split("=")[0]))
 def test_many_fuzzed_command_lines_end_in_a_record_or_one_line(tmp_path: Path, overrides: list[str]):

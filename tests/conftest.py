@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,20 @@ def wait_for_any(folder: Path, pattern: str, proc: subprocess.Popen[str], timeou
         assert proc.poll() is None, f"the run ended before {folder / pattern} appeared:\n{proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, f"{folder / pattern} did not appear within {timeout}s"
         time.sleep(0.01)
+
+
+def killed_and_reference(tmp_path: Path, args: list[str], pattern: str = "*.partial.pt") -> tuple[Path, Path]:
+    """(an uninterrupted run's folder, the folder of the same run killed with SIGKILL once a checkpoint matching
+    `pattern` appears and then rerun to the end); both with conftest.ARGS, started together."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    ref_proc = start(reference, tmp_path / "cache_ref", *args)
+    proc = start(killed, tmp_path / "cache_killed", *args)
+    wait_for_any(killed / "checkpoints", pattern, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finish(start(killed, tmp_path / "cache_killed", *args))
+    finish(ref_proc)
+    return reference, killed
 
 
 def computed(levels: list[dict]) -> list[dict]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, computed, finish, job_from_config, read_json, run_cli, start, wait_for_any
+from conftest import TINY, computed, job_from_config, killed_and_reference, read_json, run_cli
 from omegaconf import OmegaConf
 
 from prune_lab.api import compose
@@ -146,15 +145,8 @@ def test_the_cli_records_the_method_and_each_control_as_a_branch_level(tmp_path:
 
 @pytest.mark.slow
 def test_a_run_killed_inside_a_control_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
     args = ["pruner=snip", f"pruner.controls=[{','.join(ALL)}]"]  # with conftest.ARGS: penguins, 20 epochs
-    ref_proc = start(reference, tmp_path / "cache_ref", *args)
-    proc = start(killed, tmp_path / "cache_killed", *args)
-    wait_for_any(killed / "checkpoints", "invert_scores.partial.pt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    finish(start(killed, tmp_path / "cache_killed", *args))
-    finish(ref_proc)
+    reference, killed = killed_and_reference(tmp_path, args, "invert_scores.partial.pt")
     ref, res = read_json(reference / "results.json"), read_json(killed / "results.json")
     resumed = {r["phase"]: r for r in res["resumed"]}
     assert resumed["sparse"]["restored"] and "from_epoch" in resumed["invert_scores"], res["resumed"]

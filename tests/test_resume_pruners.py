@@ -5,13 +5,12 @@ test_resume_kill.py."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, computed, finish, read_json, start, wait_for_any
+from conftest import ROOT, computed, killed_and_reference, read_json
 from hydra.utils import instantiate
 
 PRUNER_CONF = ROOT / "conf" / "pruner"
@@ -38,15 +37,8 @@ CASES = [(*c, "sparsity=0.4") if c[0] == "unit" else c for c in CASES]
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_pruner_resumes_after_kill_9_to_the_uninterrupted_result(case: tuple[str, ...],
                                                                        tmp_path: Path) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
     args = [f"pruner={case[0]}", *case[1:]]  # with conftest.ARGS: penguins, 20 + 20 epochs, a checkpoint each
-    ref_proc = start(reference, tmp_path / "cache_ref", *args)
-    proc = start(killed, tmp_path / "cache_killed", *args)
-    wait_for_any(killed / "checkpoints", "*.partial.pt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    finish(start(killed, tmp_path / "cache_killed", *args))
-    finish(ref_proc)
+    reference, killed = killed_and_reference(tmp_path, args)
 
     ref, res = read_json(reference / "results.json"), read_json(killed / "results.json")
     assert res["resumed"], "the rerun trained from scratch instead of resuming"

@@ -229,10 +229,12 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
 
 def say(line: str) -> None:
     """A run's one line about its failure: on stderr, unless a launcher runs this job in its own process and
-    console (one_process), which prints the failure itself; then only into the run's .log file."""
+    console (one_process), which prints the failure itself (WHERE["said"] hands it the line); then only into the
+    run's .log file."""
     if WHERE.get("reporter") != "launcher":
         print(line, file=sys.stderr, flush=True)
         return
+    WHERE["said"] = line
     record = logging.LogRecord("prune_lab", logging.ERROR, __file__, 0, line, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

@@ -320,7 +320,7 @@ def test_unit_pruning_keeps_pruned_units_pruned_and_counts_them():
     (("pruner=imp", "pruner.rate=1.2"), "pruner.rate"),
     (("pruner=imp", "pruner.layer_rates={nope.weight:0.1}"), "matches no prunable weight"),
     (("pruner=imp", "pruner.layer_rates={net.1.weight:0.1}", "pruner.select.scope=global"),
-     "pruner.select.scope=layerwise"),
+     "pruner/select=layerwise"),
     (("pruner=imp", "pruner.layer_rates={net.*:0.0}"), "cannot be reached"),
     (("pruner=imp", "pruner.reinit=keep", "pruner.rewind=step:2"), "pruner.reinit=original"),
     (("pruner=imp", "pruner.reinit=random"), "randomly_reinitialize"),

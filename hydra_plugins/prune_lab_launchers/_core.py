@@ -210,10 +210,20 @@ def _launcher_reports() -> Iterator[None]:
         yield
         return
     WHERE["reporter"] = "launcher"
+    WHERE.pop("said", None)
     try:
         yield
     finally:
         WHERE.pop("reporter", None)
+
+
+def _said() -> str | None:
+    """The line a run in this process said about its failure while the launcher reports (prune_lab's say())."""
+    try:
+        from prune_lab.guard import WHERE
+    except ImportError:
+        return None
+    return WHERE.pop("said", None)
 
 
 def run_here(launcher: Any, task: Task, skip_complete: bool, header: str | None = None) -> JobOutcome:
@@ -255,9 +265,9 @@ def run_here(launcher: Any, task: Task, skip_complete: bool, header: str | None 
                 raise
             sys.stdout.flush()
             sys.stderr.flush()
-            line = last_line(out_file) if out_file is not None else None
+            line = last_line(out_file) if out_file is not None else _said()  # the run's own line (say())
             line = line[len(ERROR):] if line is not None and line.startswith(ERROR) else None
-            outcome.reason = _error_json(run_dir) or line or f"exited with status {e.code}"
+            outcome.reason = line or _error_json(run_dir) or f"exited with status {e.code}"
             outcome.config_error = e.code == 2
         except Exception as e:  # outside the task (Hydra saving the config...): the job failed, the sweep goes on
             outcome.reason = f"{type(e).__name__}: {e}"

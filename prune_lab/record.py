@@ -103,7 +103,10 @@ def check_record(record: Any) -> str | None:
         return f"results.json holds a {type(record).__name__}, not an object"
     if record.get("status") != "ok":
         return f"results.json has status {record.get('status')!r}"
-    fields = {**FIELDS, **(FIELDS_V2 if record.get("schema_version", 1) >= 2 else {})}
+    version = record.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):  # checked first: it picks the fields below
+        return f"results.json has schema_version={str(version)[:60]!r}, not of type int"
+    fields = {**FIELDS, **(FIELDS_V2 if version >= 2 else {})}
     for key, types in fields.items():
         value = record.get(key)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):

@@ -249,7 +249,7 @@ def hydra_main(cfg: DictConfig) -> float:
     WHERE["run_dir"] = str(run_dir)
     skip_absent = False
     try:
-        spec = compose_run(cfg, dict(hydra_cfg.runtime.choices))
+        spec = compose_run(cfg, dict(hydra_cfg.runtime.choices), overrides)
         skip_absent = spec.skip_absent_data
         objective = build_objective(spec.config)  # a bad objective stops here, before training
         # what a Hydra sweeper (Optuna...) optimises

@@ -200,7 +200,7 @@ def run(*overrides: str, run_dir: str | Path, config_dir: str | Path | None = No
     from prune_lab.config import compose_run
 
     cfg, choices = compose(*overrides, config_dir=config_dir)
-    spec = compose_run(cfg, choices)
+    spec = compose_run(cfg, choices, overrides)
     path = Path(run_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     with _progress_to(path / "run.log"):

@@ -6,9 +6,12 @@ trained, so a bad value stops the run with one clear message and no results.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,8 +129,53 @@ def _instantiate(node: DictConfig, group: str) -> Any:
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from None
+        unknown = _unknown_setting(e, group)
+        if unknown is not None:
+            raise UserError(unknown) from None
         reason = e.__cause__ or e
         raise UserError(f"{group}: cannot build {node.get('_target_')}: {reason}") from e
+
+
+def _unknown_setting(error: InstantiationException, group: str) -> str | None:
+    """`+train.lrr=1` reaches the class as an unknown keyword: say which key, what the class takes, and the
+    nearest name, instead of Python's TypeError. None for any other failure."""
+    cause = error.__cause__
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+    if found is None:
+        return None
+    key = found.group(1)
+    where = re.search(r"full_key: (\S+)", str(error))
+    node = where.group(1) if where else group
+    target = re.search(r"Error in call to target '([^']+)'", str(error))
+    try:
+        from hydra._internal.utils import _locate  # Hydra's own resolver of _target_ strings
+
+        obj: Any = _locate(target.group(1)) if target else None
+        params = [n for n, p in inspect.signature(obj).parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] if obj is not None else []
+    except (ImportError, ValueError, TypeError, AttributeError):
+        obj, params = None, []
+    line = f"{node}.{key} is not a setting of {target.group(1) if target else node}"
+    if obj is not None:
+        line += f" (its settings: {', '.join(params)})" if params else " (it takes no settings)"
+    near = difflib.get_close_matches(key, params, n=1)
+    return line + (f"; did you mean {node}.{near[0]}?" if near else "; drop the override")
+
+
+def check_added_keys(overrides: list[str], cfg: DictConfig, groups: Mapping[str, Any]) -> None:
+    """`+foo=1` adds a top-level key that nothing reads: it would only change the config hash (a new folder
+    and curve for the same experiment). Refused, naming the top-level settings there are. `groups`: Hydra's
+    choices, whose names `+group=option` adds legitimately (`+experiment=...`)."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        name = key[1:]  # `+name` only: Hydra refuses it for a key that exists (`++name` sets or adds)
+        if sep and key.startswith("+") and not name.startswith("+") and not set(name) & set("./@") \
+                and name not in groups:
+            known = sorted(k for k in cfg if k != name and k != "hydra")
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"Did you mean {near[0]}={item.partition('=')[2]}? " if near else ""
+            raise UserError(f"{item} adds a top-level setting that prune_lab does not read (it would only change "
+                            f"the config hash). {hint}The top-level settings are: {', '.join(known)}")
 
 
 def check_one_target(cfg: DictConfig) -> None:
@@ -141,7 +189,9 @@ def check_one_target(cfg: DictConfig) -> None:
                         f"sparsity={own} (top level) and leave pruner.sparsity at its default ${{sparsity}}")
 
 
-def compose_run(cfg: DictConfig, choices: Mapping[str, str]) -> RunSpec:
+def compose_run(cfg: DictConfig, choices: Mapping[str, str], overrides: Sequence[str] = ()) -> RunSpec:
+    """The run `cfg` describes, checked; `overrides`: the command line's, for the keys it adds."""
+    check_added_keys(list(overrides), cfg, choices)
     seed = check_seed(cfg.get("seed"))
     check_one_target(cfg)
     device = str(cfg.get("device", "auto"))

@@ -33,6 +33,13 @@ CASES = {
     "nested_key_typo": (["pruner.select.scop=global"], "did you mean pruner.select.scope?"),
     "group_typo": (["prunr=magnitude"], "prunr is not a setting: did you mean pruner"),
     "unknown_key": (["nonsense=1"], "nonsense is not a setting"),
+    "added_top_level_key": (["+foo=1"], "+foo=1 adds a top-level setting that prune_lab does not read"),
+    "added_top_level_typo": (["+seeds=1"], "Did you mean seed=1? The top-level settings are: cache_dir,"),
+    "added_key_typo": (["+train.lrr=0.1"], "train.lrr is not a setting of prune_lab.training.TrainSettings (its "
+                                           "settings: optimizer, lr,"),
+    "added_key_of_a_score": (["+pruner.score.bogus=1"],
+                             "pruner.score.bogus is not a setting of prune_lab.pruners.scores.Magnitude (it takes "
+                             "no settings); drop the override"),
     "bad_override_syntax": (["seed=[1"], "cannot read the override 'seed=[1'"),
     "layer_collapse_certain": (["sparsity=0.999"], "layer collapse"),
     "unknown_measure": (["measure=fast"], "measure='fast' is not one of cheap, slim, latency"),
@@ -108,3 +115,16 @@ def test_a_truncated_cifar_batch_without_md5_checks_names_the_file(tmp_path: Pat
 def test_a_typo_in_a_sweep_is_one_line_too(tmp_path: Path):
     proc = run_cli("-m", "train.lrr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)
     assert_one_line(proc, "did you mean train.lr?")
+
+
+def test_adding_a_group_or_forcing_a_key_is_not_an_unread_setting() -> None:
+    from omegaconf import OmegaConf
+
+    from prune_lab.config import check_added_keys
+    from prune_lab.errors import UserError
+
+    cfg = OmegaConf.create({"seed": 0, "train": {"lr": 0.1}, "foo": 1})
+    check_added_keys(["+experiment=x", "++seed=1", "+train.extra=1", "+pruner/score=snip", "+hydra.job.x=1",
+                      "+init@init.base=xavier_normal", "seed=2", "~foo"], cfg, {"experiment": "x"})
+    with pytest.raises(UserError, match=r"^\+foo=1 adds a top-level setting .* top-level settings are: seed, train$"):
+        check_added_keys(["+foo=1"], cfg, {"experiment": "x"})

@@ -337,7 +337,7 @@ def test_inspect_no_results_json(tmp_path: Path) -> None:
 def test_inspect_an_unreadable_or_invalid_results_json(tmp_path: Path) -> None:
     (tmp_path / "results.json").mkdir()
     record, reason = inspect(tmp_path)
-    assert record is None and reason.startswith("results.json is unreadable (") and "directory" in reason
+    assert record is None and reason == "results.json is unreadable (Is a directory)"
     (tmp_path / "results.json").rmdir()
     (tmp_path / "results.json").write_text('{"status": "ok",')
     record, reason = inspect(tmp_path)

@@ -59,6 +59,11 @@ def test_the_file_mode_is_the_umask_s() -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert 0o666 & ~mask == FILE_MODE
+    os.umask(0o027)
+    try:
+        assert storage._umask() == 0o027 and storage._umask() == 0o027  # read, and left as it was
+    finally:
+        os.umask(mask)
 
 
 def test_atomic_write_bytes_makes_parents_and_replaces_whole(tmp_path: Path) -> None:
@@ -117,7 +122,7 @@ def test_atomic_write_json_is_indented_with_a_newline_and_keeps_nan(tmp_path: Pa
 
 
 def test_atomic_torch_save_writes_whole_with_the_umask_s_mode(tmp_path: Path, monkeypatch) -> None:
-    path = tmp_path / "sub" / "m.pt"
+    path = tmp_path / "sub" / "dir" / "m.pt"  # two folders to make
     atomic_torch_save(path, {"w": torch.ones(3)})
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3)) and mode(path) == FILE_MODE
     assert temp_files(path.parent) == []

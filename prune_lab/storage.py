@@ -257,10 +257,10 @@ def _open_here() -> set[str] | None:
     return held
 
 
-def _remote(path: Path) -> bool:
+def _remote(path: Path, mounts_file: str = "/proc/mounts") -> bool:
     """Whether `path` is on a network or cluster filesystem (its mount in /proc/mounts), or cannot tell."""
     try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+        mounts = [line.split()[1:3] for line in Path(mounts_file).read_text().splitlines()]
     except OSError:
         return True
     target = str(path.resolve())

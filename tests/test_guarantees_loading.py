@@ -522,3 +522,49 @@ def test_record_helper_is_a_complete_run() -> None:
     from prune_lab.record import check_record
 
     assert check_record(copy.deepcopy(record())) is None
+
+
+def test_curves_read_past_bad_bytes_and_past_runs_without_curves(tmp_path: Path) -> None:
+    write_run(tmp_path / "a_no_curves", record(0))  # first in the walk: no metrics.jsonl, the next still read
+    folder = write_run(tmp_path / "b", record(1))
+    good = json.dumps({"phase": "dense", "epoch": 1, "val_acc": 0.5})
+    (folder / "metrics.jsonl").write_bytes(b'{"phase": "\xff\xfe", \n' + good.encode() + b"\n")
+    curves, problems = read_curves(load_runs(tmp_path))
+    assert curves[["run_dir", "epoch", "val_acc"]].values.tolist() == [[str(folder), 1, 0.5]]
+    assert problems["reason"].tolist() == ["1 line(s) skipped: line 1 (not JSON)"]
+
+
+def test_early_stopping_ignores_gaps_in_other_columns() -> None:
+    curves = pd.DataFrame({"run_dir": ["a"] * 3, "phase": ["dense"] * 3, "epoch": [1, 2, 3],
+                           "val_acc": [0.5, 0.9, 0.7], "train_loss": [1.0, math.nan, 0.5]})
+    assert early_stopping(curves).values.tolist() == [["a", "dense", 2]]
+
+
+def test_layer_labels_of_conv3d_and_of_one_run_per_model(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    torch.save({"v.weight": torch.zeros(4, 2, 3, 3, 3), "w.weight": torch.zeros(5, 3)}, a / "model.pt")
+    torch.save({"w.weight": torch.zeros(3, 5)}, b / "model.pt")  # same model name, another width
+    layers = pd.DataFrame({"run_dir": [str(a), str(a), str(b)], "model": ["m"] * 3,
+                           "layer": ["v.weight", "w.weight", "w.weight"], "numel": [216, 15, 15]})
+    assert layer_labels(layers) == {"v.weight": "v (Conv3d 2→4, 3×3×3)", "w.weight": "w (Linear 3→5)"}
+
+
+def test_layer_labels_read_on_past_an_unreadable_model_and_never_unpickle_code(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "model.pt").write_bytes(b"damaged")
+    torch.save({"w.weight": torch.zeros(5, 3)}, b / "model.pt")
+    layers = pd.DataFrame({"run_dir": [str(a), str(b)], "model": ["m1", "m2"], "layer": ["v.weight", "w.weight"],
+                           "numel": [6, 15]})
+    assert layer_labels(layers) == {"v.weight": "v (6 weights)", "w.weight": "w (Linear 3→5)"}
+    torch.save({"w.weight": torch.zeros(5, 3), "hook": os.getcwd}, b / "model.pt")  # names a function
+    assert layer_labels(layers.iloc[1:]) == {"w.weight": "w (15 weights)"}  # refused (weights_only), not run
+
+
+def test_a_layer_named_by_two_models_takes_its_first_count(tmp_path: Path) -> None:
+    layers = pd.DataFrame({"run_dir": [str(tmp_path / "x"), str(tmp_path / "y")], "model": ["m1", "m2"],
+                           "layer": ["w.weight", "w.weight"], "numel": [15, 20]})
+    assert layer_labels(layers) == {"w.weight": "w (15 weights)"}

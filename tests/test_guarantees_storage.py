@@ -446,3 +446,68 @@ def test_clean_leftovers_says_what_it_removed(tmp_path: Path, monkeypatch, capsy
     clean_leftovers(tmp_path)
     assert not (tmp_path / "checkpoints").exists()
     assert capsys.readouterr().out == "prune_lab: removed leftovers of an interrupted finish: checkpoints\n"
+
+
+def test_process_start_is_read_from_proc_not_the_import_time() -> None:
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    expected = time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - (ticks + 1) / os.sysconf("SC_CLK_TCK"))
+    assert abs(storage._process_start() - expected) < 0.05
+    assert storage._process_start() < storage._IMPORTED  # started before it imported torch and this module
+
+
+MOUNTS = """\
+/dev/vda / ext4 rw 0 0
+server:/export /mnt/nfs nfs4 rw 0 0
+/dev/vdb /mnt/nfs/local xfs rw 0 0
+host: /mnt/ssh fuse.sshfs rw 0 0
+lustre@tcp:/fs /scratch lustre rw 0 0
+"""
+
+
+@pytest.mark.parametrize(("path", "remote"), [
+    ("/home/user/runs", False), ("/", False), ("/mnt/nfs", True), ("/mnt/nfs/sweep/run", True),
+    ("/mnt/nfs/local/run", False), ("/mnt/nfsx/run", False), ("/mnt/ssh/x", True), ("/scratch/a/b", True),
+])
+def test_remote_is_the_filesystem_of_the_longest_mount_holding_the_path(tmp_path: Path, path: str,
+                                                                      remote: bool) -> None:
+    (tmp_path / "mounts").write_text(MOUNTS)
+    assert storage._remote(Path(path), str(tmp_path / "mounts")) is remote
+
+
+def test_remote_when_it_cannot_tell(tmp_path: Path) -> None:
+    assert storage._remote(Path("/x"), str(tmp_path / "absent")) is True  # no mount table
+    (tmp_path / "mounts").write_text("server:/e /mnt/nfs nfs rw 0 0\n")
+    assert storage._remote(Path("/home/x"), str(tmp_path / "mounts")) is True  # no mount holds it
+
+
+def test_stale_temp_files_on_this_real_local_disk(tmp_path: Path) -> None:
+    before = aged(tmp_path / ".a.tmp", time.time() - storage._process_start() + 5)
+    assert stale_temp_files(tmp_path) == [before]  # the real mount table: tmp is local here
+
+
+def test_one_held_temp_file_does_not_hide_the_others(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "_remote", lambda path: True)
+    paths = [aged(tmp_path / f".f{i}.tmp", STALE_AFTER_S + 5) for i in range(7)]
+    with open(paths[3], "rb"):
+        assert sorted(stale_temp_files(tmp_path)) == sorted(paths[:3] + paths[4:])
+
+
+def test_the_age_and_start_rules_are_strict(tmp_path: Path, monkeypatch) -> None:
+    now = time.time()
+    monkeypatch.setattr(storage.time, "time", lambda: now)
+    monkeypatch.setattr(storage, "_remote", lambda path: True)
+    edge = aged(tmp_path / ".edge.tmp", 0)
+    os.utime(edge, (now - STALE_AFTER_S, now - STALE_AFTER_S))
+    assert stale_temp_files(tmp_path) == []  # exactly STALE_AFTER_S old: not yet
+    monkeypatch.setattr(storage, "_remote", lambda path: False)
+    monkeypatch.setattr(storage, "_process_start", lambda: now - STALE_AFTER_S)
+    assert stale_temp_files(tmp_path) == []  # written exactly as this process started: not older than it
+
+
+def test_clean_leftovers_lists_everything_it_removed(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(storage, "_remote", lambda path: True)
+    (tmp_path / "checkpoints").mkdir()
+    aged(tmp_path / ".results.json.x.tmp", STALE_AFTER_S + 5)
+    clean_leftovers(tmp_path)
+    assert capsys.readouterr().out == \
+        "prune_lab: removed leftovers of an interrupted finish: .results.json.x.tmp, checkpoints\n"

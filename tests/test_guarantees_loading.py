@@ -449,15 +449,21 @@ def test_curves_keep_epoch_lines_skip_events_and_report_damaged_lines(tmp_path: 
              {"phase": "dense", "epoch": 2, "val_acc": "oops"},
              {"phase": 3, "epoch": 2},
              {"phase": "dense", "epoch": "2"},
+             {"epoch": 4, "val_acc": 0.1},  # an epoch without its phase: damaged, not an event
+             {"phase": "dense", "epoch": 5, "val_acc": "a", "val_loss": "b"},
              {"phase": "dense", "epoch": 2, "step": 20, "train_loss": 0.5, "val_acc": 0.7, "lr": None}]
     (folder / "metrics.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
     write_run(tmp_path / "seed=1", record(1))  # no metrics.jsonl: no curve, no problem
     curves, problems = read_curves(load_runs(tmp_path))
     assert curves[["phase", "epoch", "val_acc"]].values.tolist() == [["dense", 1, 0.5], ["dense", 2, 0.7]]
+    assert curves["train_loss"].tolist() == [1.0, 0.5] and curves["step"].tolist() == [10, 20]  # every field
     assert set(curves["seed"]) == {0} and "condition" in curves and curves.attrs["swept"] == []
     (p,) = problems.to_dict("records")
     assert p["status"] == "damaged metrics.jsonl" and p["run"] == "seed=0" and p["run_dir"] == str(folder)
-    assert p["reason"] == "5 line(s) skipped: line 3 (not JSON); line 4 (no phase or epoch); line 5 (val_acc='oops')"
+    assert p["reason"] == "7 line(s) skipped: line 3 (not JSON); line 4 (no phase or epoch); line 5 (val_acc='oops')"
+    assert p["sweep"] == str(tmp_path)
+    _, problems = read_curves(load_runs(tmp_path / "seed=1"))
+    assert problems.empty and list(problems.columns) == ["sweep", "run", "run_dir", "status", "reason"]
     pd.testing.assert_frame_equal(load_curves(load_runs(tmp_path)), curves)
 
 
@@ -467,6 +473,9 @@ def test_a_phase_that_is_not_text_or_an_epoch_that_is_not_a_number(tmp_path: Pat
                                           + json.dumps({"phase": "dense", "epoch": "1"}) + "\n")
     _, problems = read_curves(load_runs(tmp_path))
     assert problems["reason"].tolist() == ["2 line(s) skipped: line 1 (phase=3); line 2 (epoch='1')"]
+    (folder / "metrics.jsonl").write_text(json.dumps({"phase": "dense", "epoch": 1, "a": "x", "b": []}) + "\n")
+    _, problems = read_curves(load_runs(tmp_path))
+    assert problems["reason"].tolist() == ["1 line(s) skipped: line 1 (a='x', b=[])"]
 
 
 def test_no_curves_is_an_empty_table_with_the_columns(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ LABELS = {
     "test_loss": "test loss",
     "val_loss": "validation loss",
     "train_loss": "training loss",
+    "instability": "instability (test-error barrier, points)",
 }
 X_LABELS = {
     "remaining": "weights remaining (%, log scale)",

@@ -412,12 +412,25 @@ def flops_follow_weights(runs: pd.DataFrame) -> bool:
     return bool(np.allclose(flops, weights, rtol=1e-9, atol=0))
 
 
+# Per-level measures a method records beside accuracy (a column of the runs table where it does): each gets a
+# figure against the weights remaining, drawn as the trade-off is (one line per condition: a rewind point, say).
+LEVEL_MEASURES = {
+    "instability": "IMP's instability (pruner.stability): the test-error barrier to a copy trained from the "
+                   "rewind point with another data order (Frankle et al. 2020)",
+}
+
+
 def _figures(sweep, runs, curves, fig_dir, hue, style, col, metric, x, colors, notes) -> dict[str, str]:
     """Draw and save every figure the runs allow; {name: caption}. Why one is left out goes to `notes`."""
     made = {}
     common = {"hue": hue, "style": style, "colors": colors}
     save(plot_tradeoff(runs, col=col, metric=metric, x=x, **common), fig_dir / "tradeoff")
     made["tradeoff"] = f"{metric} against the share of weights remaining"
+    for measure, caption in LEVEL_MEASURES.items():
+        if measure in runs and runs[measure].notna().any():
+            save(plot_tradeoff(runs.dropna(subset=[measure]), col=col, metric=measure, x=x, **common),
+                 fig_dir / measure)
+            made[measure] = f"{caption}, against the share of weights remaining"
     flops = {"flops_dense", "flops_nonzero"} <= set(runs.columns)
     if flops and runs["flops_nonzero"].notna().all() and (runs["flops_dense"] > 0).all():
         if flops_follow_weights(runs):

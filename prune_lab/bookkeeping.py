@@ -45,6 +45,7 @@ BOOKKEEPING: tuple[str, ...] = (
 NEUTRAL: dict[str, Any] = {
     "pruner.controls": [],  # the at-init pruners' sanity checks (snip, grasp, synflow): none, as before
     "pruner.select.distribution": "uniform",  # 2026-12: layerwise layer shares (er, erk); uniform is the old selection
+    "pruner.stability": False,  # 2026-12: imp's instability analysis (a second copy per level); off, as before
 }
 # Where a key already existed elsewhere (in another option of its group), its neutral value is neutral only in
 # the configs that match here (dotted key -> value): there the key is new. imp's `controls: []` has always been

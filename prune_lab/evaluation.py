@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from prune_lab.data.splits import TensorSet
 from prune_lab.masks import measured_sparsity
@@ -36,6 +37,25 @@ def evaluate(model: nn.Module, data: TensorSet, batch_size: int = 4096) -> Score
             correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
     return Score(correct.item() / n, loss.item() / n)  # one host sync per split, not per batch
+
+
+# Linear mode connectivity (Frankle et al. 2020): the error along the straight line between two networks, at
+# these many evenly spaced points, ends included (the paper: 30; the issue's floor: 11, which holds the midpoint)
+BARRIER_POINTS = 11
+
+
+def error_barrier(model: nn.Module, a: Mapping[str, Tensor], b: Mapping[str, Tensor], data: TensorSet,
+                  batch_size: int = 4096, points: int = BARRIER_POINTS) -> float:
+    """Instability: the highest test error (percentage points) on the line (1 - t) a + t b, t in [0, 1] at
+    `points` even steps, less the mean of the two ends' errors (Frankle et al. 2020, "Linear mode connectivity
+    and the lottery ticket hypothesis"). 0 when the two are linearly connected. Floating-point entries of the
+    state dicts are interpolated (weights, batch-norm statistics); the rest (counters) are a's. Both share one
+    mask, so every pruned weight stays zero on the line. Leaves `model` holding b."""
+    errors = []
+    for t in torch.linspace(0, 1, points).tolist():
+        model.load_state_dict({k: (1 - t) * v + t * b[k] if v.is_floating_point() else v for k, v in a.items()})
+        errors.append(100 * (1 - evaluate(model, data, batch_size).acc))
+    return max(errors) - (errors[0] + errors[-1]) / 2
 
 
 @dataclass

@@ -33,6 +33,8 @@ from torch import nn
 from prune_lab.data.splits import Splits
 from prune_lab.distillation import Distillation
 from prune_lab.errors import UserError
+from prune_lab.evaluation import error_barrier
+from prune_lab.job import copy_state
 from prune_lab.masks import Mask
 from prune_lab.pruners.base import Pruner, check_scored, check_sparsity
 from prune_lab.pruners.scores import Magnitude, Score
@@ -113,6 +115,7 @@ class Iterative(Pruner):
     controls: list[str] = field(default_factory=list)  # of CONTROLS, run beside every round
     start_at_step_zero: bool = False  # randomly_reinitialize from step 0, not the rewind step (OpenLTH's flag)
     distill: Distillation = field(default_factory=Distillation)
+    stability: bool = False  # instability of every level: a second copy from the rewind point (Frankle et al. 2020)
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
@@ -144,6 +147,11 @@ class Iterative(Pruner):
                             f"pruner.reinit=original (got {self.reinit}); or set pruner.rewind=init")
         if not isinstance(self.start_at_step_zero, bool):
             raise UserError(f"pruner.start_at_step_zero={self.start_at_step_zero!r} must be true or false")
+        if not isinstance(self.stability, bool):
+            raise UserError(f"pruner.stability={self.stability!r} must be true or false")
+        if self.stability and self.reinit != "original":
+            raise UserError(f"pruner.stability=true trains two copies of each level from the rewind point, which "
+                            f"needs pruner.reinit=original (got {self.reinit})")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise UserError(f"pruner.epochs={self.epochs!r} must be a whole number of epochs per round")
 
@@ -208,9 +216,9 @@ class Iterative(Pruner):
         plan = self.plan({n: w.numel() for n, w in job.weights().items()})
         rewind_step = self.rewind_step(job)
         job.train("dense", self.epochs, on_step=self.observe(job, self.snapshot_at(job, rewind_step)))
-        job.evaluate("dense", 0.0, round=0)
-        teacher = dense_teacher(job, self.distill)
         rewind_point = job.initial_state if rewind_step == 0 else job.load_snapshot(SNAPSHOT)
+        job.evaluate("dense", 0.0, round=0, **self.instability(job, 0, rewind_point, rewind_step, None))
+        teacher = dense_teacher(job, self.distill)
         for r, (overall, per_layer) in enumerate(plan, start=1):
             job.set_mask(self.prune(job, r, overall, per_layer))
             before = job.score_test()
@@ -220,6 +228,7 @@ class Iterative(Pruner):
             job.train(f"round-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start,
                       on_step=self.observe(job) if r < len(plan) else None)  # the last round prunes no more
             targets = {"layer_targets": per_layer} if self.select.takes_layer_targets() else {}
+            targets.update(self.instability(job, r, rewind_point, rewind_step, teacher))
             job.evaluate(f"round-{r}", overall, round=r, before_retrain=before, rewind=self.rewind, **targets)
             self.run_controls(job, r, overall, rewind_point, rewind_step, teacher)
 
@@ -238,6 +247,22 @@ class Iterative(Pruner):
                 start = 0 if control == "randomly_reinitialize" and self.start_at_step_zero else rewind_step
                 job.train(f"{control}-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=start)
                 job.evaluate(f"{control}-{r}", overall, round=r, branch=control, rewind=self.rewind)
+
+    def instability(self, job: Job, r: int, rewind_point: State, rewind_step: int,
+                    teacher: nn.Module | None) -> dict[str, float]:
+        """{"instability": the error barrier between the level just trained and a copy of it trained from the
+        same rewind point with the same mask and budget, but another data order and dropout (phase
+        `stability-r` draws its own: prune_lab.seeding); {} unless pruner.stability. Frankle et al. 2020: a
+        level is stable (barrier about 0) from the rewind point on which IMP finds matching tickets."""
+        if not self.stability:
+            return {}
+        trained = copy_state(job.model)
+        with job.branch():  # the level's weights, mask and budget come back for its evaluation
+            job.rewind(rewind_point)
+            job.train(f"stability-{r}", self.epochs, loss_fn=self.distill.loss_fn(teacher), start_step=rewind_step)
+            barrier = error_barrier(job.model, trained, copy_state(job.model), job.data.test,
+                                    job.settings.eval_batch_size)
+        return {"instability": barrier}
 
     def rewind_step(self, job: Job) -> int:
         unit, k = self.rewind_at

@@ -1,4 +1,4 @@
-"""Draw the README's reliability figure from the fault-injection suite's recorded outcomes.
+"""Draw the reliability figure (docs/reliability.md) from the fault-injection suite's recorded outcomes.
 
     PRUNE_LAB_FAULT_REPORT=docs/reliability_outcomes.json python -m pytest -m faults tests/test_faults.py
     python docs/reliability_figure.py            # -> docs/img/reliability.png

@@ -1,4 +1,5 @@
-"""prune_lab from Python: run from overrides, load a finished run; the README's example runs as written."""
+"""prune_lab from Python: run from overrides, load a finished run; the docs' example (docs/python-api.md) runs as
+written."""
 
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ from prune_lab.evaluation import evaluate
 TINY = ("train.epochs=3", "train.finetune_epochs=2", "cache_dir=null", "log_every=0")
 
 
-def readme_example(name: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def docs_example(name: str) -> str:
+    text = (ROOT / "docs" / "python-api.md").read_text()
     found = re.search(rf"<!-- example: {name} .*?-->\n```python\n(.*?)```", text, re.S)
-    assert found, f"README example {name} not found"
+    assert found, f"docs/python-api.md example {name} not found"
     return found.group(1)
 
 
-def test_the_readme_python_example_runs_as_written(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", readme_example("python-api")], cwd=tmp_path, capture_output=True,
+def test_the_docs_python_example_runs_as_written(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", docs_example("python-api")], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = read_json(tmp_path / "runs" / "random50" / "results.json")

@@ -6,7 +6,7 @@ to fix and, once fixed, the relaunch ends with correct results ("one-line fix").
 finished runs keep their results byte for byte.
 
 Each case records its outcome; the session writes them as JSON (to $PRUNE_LAB_FAULT_REPORT when set), and
-`docs/reliability_figure.py` draws the README's reliability figure from that file.
+`docs/reliability_figure.py` draws docs/reliability.md's figure from that file.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ What the analysis promises its reader: every run folder is found (and only run f
 complete exactly when the record contract says so (prune_lab.record), anything else is a problem row with its
 reason, runs share a curve exactly when their configs differ only in seed and target, and the curves, the
 early-stopping epochs and the layer labels come from the files as written. Fast: `make mutation` runs these
-per mutant (README "Mutation testing"); the real sweeps are in tests/test_analysis_*.py.
+per mutant (docs/contributing.md, "Mutation testing"); the real sweeps are in tests/test_analysis_*.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A hand-written record that holds (`RECORD`) is broken one field at a time; each break must be refused with its
 own reason, and every boundary (the sparsity tolerance, an empty validation split, schema 1) is tried on both
-sides. Fast, no torch: `make mutation` runs these per mutant (README "Mutation testing").
+sides. Fast, no torch: `make mutation` runs these per mutant (docs/contributing.md, "Mutation testing").
 """
 
 from __future__ import annotations

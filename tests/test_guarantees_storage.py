@@ -3,8 +3,8 @@
 Each guarantee by hand: a write is whole or absent (its temp file gone on failure), files get the umask's mode,
 a checkpoint is verified (sha256) and read as data only, a folder is tied to one config and one code, a bad
 file is set aside and never read again, `build_once` builds once, and only dead writers' temp files are
-removed. Fast: `make mutation` runs these per mutant (README "Mutation testing"); the multi-process and real
-filesystem-fault cases are in tests/test_storage_faults.py and tests/test_seams.py.
+removed. Fast: `make mutation` runs these per mutant (docs/contributing.md, "Mutation testing"); the
+multi-process and real filesystem-fault cases are in tests/test_storage_faults.py and tests/test_seams.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from conftest import read_json, run_cli
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 PRUNERS = sorted(p.stem for p in (CONF / "pruner").glob("*.yaml"))
-README = Path(__file__).resolve().parent.parent / "README.md"
+METHODS = Path(__file__).resolve().parent.parent / "docs" / "methods.md"  # the pruners table, between its markers
 # Tiny budgets; imp runs its dense round and three rounds to 50% (1 - 0.8^3 = 0.488: the remaining 0.1 of a
 # round joins round 3): 4 phases.
 PENGUINS = ["sparsity=0.5", "train.epochs=2", "train.finetune_epochs=1", "pruner.rounds=3"]
@@ -70,9 +70,9 @@ def test_every_pruner_runs_end_to_end_on_penguins(tmp_path: Path, pruner: str):
         assert [lv["round"] for lv in levels] == [0, 1, 2, 3]
 
 
-def readme_table(header: str) -> dict[str, str]:
-    """{option: row} of the README table (in the pruners section) whose header row starts with `header`."""
-    section = README.read_text().split("<!-- BEGIN pruners -->")[1].split("<!-- END pruners -->")[0]
+def docs_table(header: str) -> dict[str, str]:
+    """{option: row} of the docs/methods.md table (in the pruners section) whose header row starts with `header`."""
+    section = METHODS.read_text().split("<!-- BEGIN pruners -->")[1].split("<!-- END pruners -->")[0]
     table = section.split(header, 1)[1].split("\n\n", 1)[0]
     return {line.split("|")[1].strip().strip("`"): line for line in table.splitlines()[2:] if line.startswith("| `")}
 
@@ -80,10 +80,10 @@ def readme_table(header: str) -> dict[str, str]:
 @pytest.mark.parametrize(("header", "folder"), [("| `pruner=` (schedule)", "pruner"),
                                                 ("| `pruner/score=`", "pruner/score"),
                                                 ("| `pruner/select=`", "pruner/select")])
-def test_readme_lists_every_schedule_and_score_with_its_source(header: str, folder: str):
-    rows = readme_table(header)
+def test_docs_list_every_schedule_and_score_with_its_source(header: str, folder: str):
+    rows = docs_table(header)
     options = sorted(p.stem for p in (CONF / folder).glob("*.yaml"))
-    assert set(rows) == set(options), f"README's {folder} table and conf/{folder}/ disagree"
+    assert set(rows) == set(options), f"docs/methods.md's {folder} table and conf/{folder}/ disagree"
     for name, row in rows.items():
         assert name == "none" or any(ch.isdigit() for ch in row), f"{name}: no source paper (author year)"
 

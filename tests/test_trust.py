@@ -1,6 +1,6 @@
 """Trustworthy answers: every number a run reports is what it says it is.
 
-Each test here pins one trap that once gave a silently wrong answer (README "What prune_lab guarantees"):
+Each test here pins one trap that once gave a silently wrong answer (docs/outputs.md, "What prune_lab guarantees"):
 the recorded target, stale dense-cache entries for user code, machine settings in a run's identity, pruners
 that missed their target, signed scores that overshoot, fine-tuning budgets that dwarf the dense one, types
 accepted by accident, the Lottery Ticket controls, rounds that prune nothing, and the run folder's files.
